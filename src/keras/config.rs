@@ -1,0 +1,334 @@
+//! `model_config` JSON in every Keras dialect, normalised into one functional form.
+//!
+//! Keras 1.x, 2.0-2.1 (`Model`, Sequential as a bare list), 2.2+/tf.keras (`Functional`,
+//! Sequential as a dict, InputLayer entries) and Keras 3 (`inbound_nodes` as
+//! `{"args": [...]}` with `keras_history`) all become a [`ModelConfig`]: layers with
+//! their calls, each call a list of [`TensorRef`]s. Sequential models get the explicit
+//! input layer and chain of calls Keras builds implicitly.
+
+use serde_json::Value;
+
+/// Deeper JSON than this is refused before parsing (Keras configs nest ~5 levels per
+/// nested model).
+pub const MAX_JSON_DEPTH: usize = 100;
+pub const MAX_JSON_BYTES: usize = 64 << 20;
+
+/// A reference to a tensor: output `tensor` of call `node` of layer `layer`, with the
+/// node index exactly as written in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorRef {
+    pub layer: String,
+    pub node: usize,
+    pub tensor: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerConfig {
+    pub name: String,
+    pub class: String,
+    /// The layer's own `config` object.
+    pub config: Value,
+    /// The raw entry (for `module` / `registered_name` checks).
+    pub raw: Value,
+    /// One entry per call; each call lists its input tensors.
+    pub calls: Vec<Vec<TensorRef>>,
+    /// Set for nested models (`Model`, `Functional`, `Sequential`).
+    pub nested: Option<Box<ModelConfig>>,
+    /// Input layers that a Sequential config implies but does not list.
+    pub synthetic: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub class: String,
+    pub name: String,
+    pub layers: Vec<LayerConfig>,
+    pub inputs: Vec<TensorRef>,
+    pub outputs: Vec<TensorRef>,
+}
+
+pub fn is_container(class: &str) -> bool {
+    matches!(class, "Model" | "Functional" | "Sequential")
+}
+
+/// Depth of `[`/`{` nesting outside strings, without building anything.
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Parse the JSON text with size and depth caps.
+pub fn parse_json(text: &str) -> Result<Value, String> {
+    if text.len() > MAX_JSON_BYTES {
+        return Err(format!(
+            "{} bytes of JSON is beyond the {} byte limit",
+            text.len(),
+            MAX_JSON_BYTES
+        ));
+    }
+    let depth = json_depth(text);
+    if depth > MAX_JSON_DEPTH {
+        return Err(format!(
+            "JSON nested {depth} levels deep (limit {MAX_JSON_DEPTH})"
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// `{"class_name": ..., "config": ...}` at the root of `model_config`.
+pub fn parse_model(root: &Value) -> Result<ModelConfig, String> {
+    let class = root
+        .get("class_name")
+        .and_then(Value::as_str)
+        .ok_or("model_config has no class_name")?;
+    let config = root.get("config").ok_or("model_config has no config")?;
+    parse_container(class, config, "model")
+}
+
+fn parse_container(
+    class: &str,
+    config: &Value,
+    fallback_name: &str,
+) -> Result<ModelConfig, String> {
+    match class {
+        "Sequential" => parse_sequential(config, fallback_name),
+        "Model" | "Functional" => parse_functional(class, config),
+        other => Err(format!(
+            "model class {other} is not Model, Functional or Sequential"
+        )),
+    }
+}
+
+fn name_of(v: &Value) -> Option<String> {
+    v.get("name")
+        .or_else(|| v.get("config").and_then(|c| c.get("name")))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn parse_layer_entry(entry: &Value, calls: Vec<Vec<TensorRef>>) -> Result<LayerConfig, String> {
+    let class = entry
+        .get("class_name")
+        .and_then(Value::as_str)
+        .ok_or("a layer entry has no class_name")?
+        .to_string();
+    let name = name_of(entry).ok_or_else(|| format!("a {class} layer has no name"))?;
+    let config = entry.get("config").cloned().unwrap_or(Value::Null);
+    let nested = if is_container(&class) {
+        Some(Box::new(
+            parse_container(&class, &config, &name).map_err(|e| format!("{name}: {e}"))?,
+        ))
+    } else {
+        None
+    };
+    Ok(LayerConfig {
+        name,
+        class,
+        config,
+        raw: entry.clone(),
+        calls,
+        nested,
+        synthetic: false,
+    })
+}
+
+fn parse_functional(class: &str, config: &Value) -> Result<ModelConfig, String> {
+    let name = config
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("model")
+        .to_string();
+    let entries = config
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or("functional config has no layers")?;
+    let mut layers = Vec::new();
+    for e in entries {
+        let calls = match e.get("inbound_nodes") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(nodes)) => nodes.iter().map(parse_call).collect::<Result<_, _>>()?,
+            Some(_) => return Err("inbound_nodes is not a list".into()),
+        };
+        layers.push(parse_layer_entry(e, calls)?);
+    }
+    Ok(ModelConfig {
+        class: class.to_string(),
+        name,
+        layers,
+        inputs: parse_endpoints(config.get("input_layers"))?,
+        outputs: parse_endpoints(config.get("output_layers"))?,
+    })
+}
+
+/// One call of a layer: Keras 1/2 `[[name, node, tensor, kwargs?], ...]`, or Keras 3
+/// `{"args": [tensor or [tensors]], "kwargs": {...}}`.
+fn parse_call(node: &Value) -> Result<Vec<TensorRef>, String> {
+    match node {
+        Value::Array(items) => items.iter().map(parse_ref).collect(),
+        Value::Object(o) => {
+            let mut out = Vec::new();
+            if let Some(args) = o.get("args") {
+                collect_keras_tensors(args, &mut out)?;
+            }
+            Ok(out)
+        }
+        _ => Err(format!("cannot read inbound node {node}")),
+    }
+}
+
+fn collect_keras_tensors(v: &Value, out: &mut Vec<TensorRef>) -> Result<(), String> {
+    match v {
+        Value::Array(items) => items.iter().try_for_each(|i| collect_keras_tensors(i, out)),
+        Value::Object(o)
+            if o.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__") =>
+        {
+            let h = o
+                .get("config")
+                .and_then(|c| c.get("keras_history"))
+                .ok_or("keras tensor without keras_history")?;
+            out.push(parse_ref(h)?);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn parse_ref(v: &Value) -> Result<TensorRef, String> {
+    let a = v
+        .as_array()
+        .ok_or_else(|| format!("inbound tensor {v} is not a list"))?;
+    let layer = a
+        .first()
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("inbound tensor {v} has no layer name"))?;
+    let idx = |i: usize| a.get(i).and_then(Value::as_u64).map(|n| n as usize);
+    Ok(TensorRef {
+        layer: layer.to_string(),
+        node: idx(1).unwrap_or(0),
+        tensor: idx(2).unwrap_or(0),
+    })
+}
+
+/// `input_layers` / `output_layers`: `[[name, node, tensor], ...]` or a single triple.
+fn parse_endpoints(v: Option<&Value>) -> Result<Vec<TensorRef>, String> {
+    let Some(Value::Array(items)) = v else {
+        return Err("functional config has no input_layers/output_layers".into());
+    };
+    if items.first().map(Value::is_string).unwrap_or(false) {
+        return Ok(vec![parse_ref(&Value::Array(items.clone()))?]);
+    }
+    items.iter().map(parse_ref).collect()
+}
+
+/// Sequential: 2.0-2.1 and Keras 1 write a bare list; later versions `{"name", "layers"}`
+/// whose first entry may be an `InputLayer`. Produces a chain with an explicit input.
+fn parse_sequential(config: &Value, fallback_name: &str) -> Result<ModelConfig, String> {
+    let (name, entries) = match config {
+        Value::Array(list) => (fallback_name.to_string(), list.clone()),
+        Value::Object(o) => (
+            o.get("name")
+                .and_then(Value::as_str)
+                .unwrap_or(fallback_name)
+                .to_string(),
+            o.get("layers")
+                .and_then(Value::as_array)
+                .cloned()
+                .ok_or("Sequential config has no layers")?,
+        ),
+        _ => return Err("Sequential config is neither a list nor an object".into()),
+    };
+    let first = entries.first().ok_or("Sequential model has no layers")?;
+    let mut layers = Vec::new();
+    let mut prev: String;
+    let first_class = first
+        .get("class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if first_class == "InputLayer" {
+        let l = parse_layer_entry(first, vec![])?;
+        prev = l.name.clone();
+        layers.push(l);
+    } else {
+        let fc = first.get("config").cloned().unwrap_or(Value::Null);
+        let shape = fc
+            .get("batch_input_shape")
+            .or_else(|| fc.get("batch_shape"))
+            .cloned()
+            .ok_or("the first layer of the Sequential model declares no batch_input_shape")?;
+        let first_name = name_of(first).unwrap_or_else(|| "layer".into());
+        prev = format!("{first_name}_input");
+        let mut ic = serde_json::Map::new();
+        ic.insert("batch_input_shape".into(), shape);
+        ic.insert("name".into(), Value::String(prev.clone()));
+        let raw = serde_json::json!({"class_name": "InputLayer", "config": ic.clone()});
+        layers.push(LayerConfig {
+            name: prev.clone(),
+            class: "InputLayer".into(),
+            config: Value::Object(ic),
+            raw,
+            calls: vec![],
+            nested: None,
+            synthetic: true,
+        });
+    }
+    let input_name = prev.clone();
+    for e in entries
+        .iter()
+        .skip(if first_class == "InputLayer" { 1 } else { 0 })
+    {
+        let call = vec![TensorRef {
+            layer: prev.clone(),
+            node: container_first_node(&layers, &prev),
+            tensor: 0,
+        }];
+        let l = parse_layer_entry(e, vec![call])?;
+        prev = l.name.clone();
+        layers.push(l);
+    }
+    let last_node = container_first_node(&layers, &prev);
+    Ok(ModelConfig {
+        class: "Sequential".into(),
+        name,
+        inputs: vec![TensorRef {
+            layer: input_name,
+            node: 0,
+            tensor: 0,
+        }],
+        outputs: vec![TensorRef {
+            layer: prev,
+            node: last_node,
+            tensor: 0,
+        }],
+        layers,
+    })
+}
+
+/// The node index a config uses for the first call of `name`: 1 for nested models
+/// (their node 0 is the internal one), 0 otherwise.
+fn container_first_node(layers: &[LayerConfig], name: &str) -> usize {
+    layers
+        .iter()
+        .find(|l| l.name == name)
+        .map(|l| usize::from(l.nested.is_some()))
+        .unwrap_or(0)
+}

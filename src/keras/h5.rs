@@ -1,0 +1,396 @@
+//! Hardened, read-only access to Keras HDF5 files.
+//!
+//! Keras files come from strangers. This module is the only place that touches HDF5 and
+//! it refuses on purpose: soft and external links (arbitrary file reads), external raw
+//! storage and virtual datasets (same), filter plugins (dlopen of foreign code), and
+//! datasets that declare far more data than the file can hold (allocation bombs).
+//! Attribute strings are read in every encoding Keras and h5py have written.
+
+use crate::error::{Error, Result};
+use crate::ir::Tensor;
+use hdf5::dataset::Layout;
+use hdf5_sys::h5i::hid_t;
+use hdf5_sys::h5l::{H5L_info2_t, H5L_type_t, H5Lexists, H5Lget_info2};
+use hdf5_sys::h5p::H5P_DEFAULT;
+
+use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
+
+const HDF5_MAGIC: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
+/// Keras never writes a single weight above this; anything larger is refused unread.
+const MAX_DATASET_BYTES: u64 = 4 << 30;
+/// A dataset may declare at most this many times the file size (compressed data).
+const MAX_DECLARED_OVER_FILE: u64 = 1000;
+const MAX_ATTR_BYTES: usize = 64 << 20;
+const MAX_ATTR_ITEMS: usize = 1 << 20;
+
+extern "C" {
+    // Declared here: hdf5-sys gives it a pointer argument, the C API takes a mask.
+    fn H5PLset_loading_state(plugin_control_mask: std::os::raw::c_uint) -> hdf5_sys::h5::herr_t;
+}
+
+/// An open Keras `.h5` file.
+pub struct H5File {
+    file: hdf5::File,
+    path: PathBuf,
+    size: u64,
+}
+
+impl H5File {
+    /// Open read-only after checking the HDF5 signature; plugin loading is switched off
+    /// before the library sees the file.
+    pub fn open(path: &Path) -> Result<H5File> {
+        let io = |message: String| Error::Io {
+            file: path.to_path_buf(),
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| io(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(io("not a regular file".into()));
+        }
+        check_signature(path)?;
+        hdf5::sync::sync(|| unsafe {
+            H5PLset_loading_state(0);
+        });
+        let file = hdf5::File::open(path).map_err(|e| Error::NotHdf5 {
+            file: path.to_path_buf(),
+            message: explain_open_error(&e.to_string()),
+        })?;
+        Ok(H5File {
+            file,
+            path: path.to_path_buf(),
+            size: meta.len(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn unsafe_obj(&self, object: &str, reason: impl Into<String>) -> Error {
+        Error::UnsafeHdf5 {
+            file: self.path.clone(),
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn format_err(&self, what: &str, message: impl Into<String>) -> Error {
+        Error::BadFormat {
+            file: self.path.clone(),
+            what: what.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether `path` exists, every component being a hard link. A soft or external link
+    /// anywhere on the way is an error, never followed.
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        let mut sofar = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            sofar.push('/');
+            sofar.push_str(part);
+            let c = CString::new(sofar.as_str())
+                .map_err(|_| self.format_err(path, "name contains a NUL byte"))?;
+            let fid = self.file.id();
+            let (exists, kind) = hdf5::sync::sync(|| unsafe {
+                if H5Lexists(fid, c.as_ptr(), H5P_DEFAULT) <= 0 {
+                    return (false, None);
+                }
+                let mut info = H5L_info2_t::default();
+                if H5Lget_info2(fid, c.as_ptr(), &mut info, H5P_DEFAULT) < 0 {
+                    return (true, None);
+                }
+                (true, Some(info.type_))
+            });
+            match (exists, kind) {
+                (false, _) => return Ok(false),
+                (true, Some(H5L_type_t::H5L_TYPE_HARD)) => {}
+                (true, Some(H5L_type_t::H5L_TYPE_SOFT)) => {
+                    return Err(self.unsafe_obj(&sofar, "soft link (links are never followed)"))
+                }
+                (true, Some(H5L_type_t::H5L_TYPE_EXTERNAL)) => {
+                    return Err(
+                        self.unsafe_obj(&sofar, "external link to another file (never followed)")
+                    )
+                }
+                (true, _) => return Err(self.unsafe_obj(&sofar, "link of unknown type")),
+            }
+        }
+        Ok(true)
+    }
+
+    pub fn group(&self, path: &str) -> Result<hdf5::Group> {
+        if !self.exists(path)? {
+            return Err(self.format_err(path, "group not found"));
+        }
+        self.file
+            .group(path)
+            .map_err(|e| self.format_err(path, e.to_string()))
+    }
+
+    fn location(&self, path: &str) -> Result<hdf5::Location> {
+        if path.is_empty() || path == "/" {
+            return Ok((**self.file).clone());
+        }
+        Ok((*self.group(path)?).clone())
+    }
+
+    /// Names of the attributes on a group ("/" for the root).
+    pub fn attr_names(&self, path: &str) -> Result<Vec<String>> {
+        self.location(path)?
+            .attr_names()
+            .map_err(|e| self.format_err(path, e.to_string()))
+    }
+
+    /// A string attribute stored as a scalar or a one-element array, fixed or variable
+    /// length. `None` when absent.
+    pub fn string_attr(&self, path: &str, name: &str) -> Result<Option<String>> {
+        let loc = self.location(path)?;
+        if !loc
+            .attr_names()
+            .map_err(|e| self.format_err(path, e.to_string()))?
+            .iter()
+            .any(|n| n == name)
+        {
+            return Ok(None);
+        }
+        let what = format!("{path} attribute {name}");
+        let attr = loc
+            .attr(name)
+            .map_err(|e| self.format_err(&what, e.to_string()))?;
+        let mut v = read_strings(attr.id()).map_err(|m| self.format_err(&what, m))?;
+        match v.len() {
+            1 => Ok(v.pop()),
+            n => Err(self.format_err(&what, format!("expected one string, found {n}"))),
+        }
+    }
+
+    /// A list-of-strings attribute (`layer_names`, `weight_names`) in any encoding: fixed
+    /// NUL-padded or variable length, an empty list stored as a zero-length float array,
+    /// or split by Keras >= 2.1.5 into `name0`, `name1`, ... when it exceeded 64 KB.
+    pub fn string_list_attr(&self, path: &str, name: &str) -> Result<Option<Vec<String>>> {
+        let loc = self.location(path)?;
+        let names = loc
+            .attr_names()
+            .map_err(|e| self.format_err(path, e.to_string()))?;
+        let read = |n: &str| -> Result<Vec<String>> {
+            let what = format!("{path} attribute {n}");
+            let attr = loc
+                .attr(n)
+                .map_err(|e| self.format_err(&what, e.to_string()))?;
+            read_strings(attr.id()).map_err(|m| self.format_err(&what, m))
+        };
+        if names.iter().any(|n| n == name) {
+            return read(name).map(Some);
+        }
+        let mut out = Vec::new();
+        let mut chunk = 0;
+        while names.iter().any(|n| *n == format!("{name}{chunk}")) {
+            out.extend(read(&format!("{name}{chunk}"))?);
+            chunk += 1;
+        }
+        Ok(if chunk == 0 { None } else { Some(out) })
+    }
+
+    /// Read a float dataset as f32 after the safety checks. `expected` is checked before
+    /// a byte is read, so a wrong or hostile shape never allocates.
+    pub fn read_tensor(&self, path: &str, expected: Option<&[usize]>) -> Result<Tensor> {
+        if !self.exists(path)? {
+            return Err(self.format_err(path, "dataset not found"));
+        }
+        let ds = self
+            .file
+            .dataset(path)
+            .map_err(|e| self.format_err(path, e.to_string()))?;
+        let dcpl = ds
+            .create_plist()
+            .map_err(|e| self.format_err(path, e.to_string()))?;
+        if matches!(dcpl.layout(), Layout::Virtual) {
+            return Err(self.unsafe_obj(path, "virtual dataset (reads other files)"));
+        }
+        if !dcpl.external().is_empty() {
+            return Err(self.unsafe_obj(path, "external raw storage (reads other files)"));
+        }
+        for f in dcpl.filters() {
+            use hdf5::filters::Filter;
+            if !matches!(f, Filter::Deflate(_) | Filter::Shuffle | Filter::Fletcher32) {
+                return Err(self.unsafe_obj(path, format!("unsupported HDF5 filter {f:?}")));
+            }
+        }
+        let shape = ds.shape();
+        if shape.len() > 5 {
+            return Err(self.format_err(path, format!("rank {} is not a weight", shape.len())));
+        }
+        let dtype = ds
+            .dtype()
+            .map_err(|e| self.format_err(path, e.to_string()))?;
+        let desc = dtype
+            .to_descriptor()
+            .map_err(|e| self.format_err(path, e.to_string()))?;
+        let item = match desc {
+            hdf5::types::TypeDescriptor::Float(s) => s as u64,
+            other => {
+                return Err(self.format_err(path, format!("weights must be floats, found {other}")))
+            }
+        };
+        let declared = shape
+            .iter()
+            .try_fold(item, |acc, &d| acc.checked_mul(d as u64))
+            .unwrap_or(u64::MAX);
+        if declared > MAX_DATASET_BYTES
+            || declared > self.size.saturating_mul(MAX_DECLARED_OVER_FILE)
+            || (!dcpl.has_filters() && declared > self.size)
+        {
+            return Err(self.unsafe_obj(
+                path,
+                format!(
+                    "declares {shape:?} ({declared} bytes) in a file of {} bytes: shape bomb",
+                    self.size
+                ),
+            ));
+        }
+        if let Some(exp) = expected {
+            if exp != shape.as_slice() {
+                return Err(self.format_err(path, format!("shape {shape:?}, expected {exp:?}")));
+            }
+        }
+        let data: Vec<f32> = ds
+            .read_raw()
+            .map_err(|e| self.format_err(path, e.to_string()))?;
+        Tensor::new(shape, data).map_err(|e| self.format_err(path, e.to_string()))
+    }
+
+    /// Shape of a dataset, without reading it (after the link checks).
+    pub fn dataset_shape(&self, path: &str) -> Result<Option<Vec<usize>>> {
+        if !self.exists(path)? {
+            return Ok(None);
+        }
+        let ds = self
+            .file
+            .dataset(path)
+            .map_err(|e| self.format_err(path, e.to_string()))?;
+        Ok(Some(ds.shape()))
+    }
+}
+
+fn check_signature(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::Io {
+        file: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    // The superblock sits at 0, 512, 1024, 2048... (after an optional user block).
+    let mut offset = 0u64;
+    while offset + 8 <= len {
+        let mut buf = [0u8; 8];
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|e| Error::Io {
+                file: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        if &buf == HDF5_MAGIC {
+            return Ok(());
+        }
+        offset = if offset == 0 { 512 } else { offset * 2 };
+    }
+    Err(Error::NotHdf5 {
+        file: path.to_path_buf(),
+        message: "no HDF5 signature: not an HDF5 file (is it a SavedModel, a .keras zip, or JSON?)"
+            .into(),
+    })
+}
+
+fn explain_open_error(msg: &str) -> String {
+    if msg.contains("truncated") || msg.contains("eof") || msg.contains("addr overflow") {
+        format!("the file is truncated or corrupt: {msg}")
+    } else {
+        msg.to_string()
+    }
+}
+
+/// Read a string attribute of any encoding into a list (one entry for a scalar).
+fn read_strings(attr_id: hid_t) -> std::result::Result<Vec<String>, String> {
+    use hdf5_sys::h5a::{H5Aget_space, H5Aget_type, H5Aread};
+    use hdf5_sys::h5s::{H5Sclose, H5Sget_simple_extent_npoints};
+    use hdf5_sys::h5t::*;
+    hdf5::sync::sync(|| unsafe {
+        let ftype = H5Aget_type(attr_id);
+        let space = H5Aget_space(attr_id);
+        if ftype < 0 || space < 0 {
+            return Err("cannot read the attribute's type".to_string());
+        }
+        let result = (|| {
+            let n = H5Sget_simple_extent_npoints(space);
+            if n < 0 || n as usize > MAX_ATTR_ITEMS {
+                return Err(format!("attribute has {n} items"));
+            }
+            let n = n as usize;
+            if H5Tget_class(ftype) != H5T_class_t::H5T_STRING {
+                // h5py stores an empty Python list as a zero-length float64 array.
+                return if n == 0 {
+                    Ok(vec![])
+                } else {
+                    Err("not a string attribute".into())
+                };
+            }
+            if H5Tis_variable_str(ftype) > 0 {
+                let mem = H5Tcopy(*H5T_C_S1);
+                H5Tset_size(mem, H5T_VARIABLE);
+                H5Tset_cset(mem, H5Tget_cset(ftype));
+                let mut ptrs: Vec<*mut std::os::raw::c_char> = vec![std::ptr::null_mut(); n];
+                let rc = H5Aread(attr_id, mem, ptrs.as_mut_ptr().cast());
+                let out = if rc < 0 {
+                    Err("cannot read variable-length strings".to_string())
+                } else {
+                    let mut total = 0usize;
+                    let mut v = Vec::with_capacity(n);
+                    for p in &ptrs {
+                        let s = if p.is_null() {
+                            String::new()
+                        } else {
+                            CStr::from_ptr(*p).to_string_lossy().into_owned()
+                        };
+                        total += s.len();
+                        v.push(s);
+                    }
+                    H5Treclaim(mem, space, H5P_DEFAULT, ptrs.as_mut_ptr().cast());
+                    if total > MAX_ATTR_BYTES {
+                        Err(format!("attribute holds {total} bytes"))
+                    } else {
+                        Ok(v)
+                    }
+                };
+                H5Tclose(mem);
+                out
+            } else {
+                let size = H5Tget_size(ftype);
+                if size == 0 || size.saturating_mul(n) > MAX_ATTR_BYTES {
+                    return Err(format!("fixed strings of {size} bytes x {n}"));
+                }
+                let pad = H5Tget_strpad(ftype);
+                let mut buf = vec![0u8; size * n];
+                if H5Aread(attr_id, ftype, buf.as_mut_ptr().cast()) < 0 {
+                    return Err("cannot read fixed-length strings".into());
+                }
+                Ok(buf
+                    .chunks(size)
+                    .map(|c| {
+                        let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+                        let s = String::from_utf8_lossy(&c[..end]).into_owned();
+                        if pad == H5T_str_t::H5T_STR_SPACEPAD {
+                            s.trim_end().to_string()
+                        } else {
+                            s
+                        }
+                    })
+                    .collect())
+            }
+        })();
+        H5Tclose(ftype);
+        H5Sclose(space);
+        result
+    })
+}

@@ -1,0 +1,9 @@
+//! Keras `.h5` -> IR.
+
+pub mod config;
+pub mod h5;
+pub mod import;
+pub mod layers;
+pub mod weights;
+
+pub use import::{read_model, ReadOptions};
