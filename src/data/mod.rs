@@ -1,0 +1,79 @@
+//! Image input path: read mammograms the way the paper's Python code sees them
+//! (cv2 / pydicom), resize bit-exactly like `cv2.resize(..., INTER_CUBIC)`, apply the
+//! paper's preprocessing, and write heatmap overlays.
+
+mod dicom;
+pub mod image_io;
+pub mod overlay;
+mod pnm;
+pub mod preprocess;
+pub mod resize;
+
+use std::path::{Path, PathBuf};
+
+pub use image_io::{read_image, read_image_bytes, GrayImage};
+pub use overlay::{render_overlay, write_overlay, OverlayOptions};
+pub use preprocess::{flip_h, flip_v, Preprocess};
+pub use resize::{resize_cubic, resize_cubic_f32, resize_cubic_u16, resize_cubic_u8};
+
+/// Largest accepted width or height (OpenCV and DICOM both top out here).
+pub const MAX_DIM: usize = 65_535;
+/// Largest accepted pixel count (2^28): guards against absurd headers allocating gigabytes.
+pub const MAX_PIXELS: usize = 1 << 28;
+
+/// Errors of the data module. File errors always carry the offending path.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is corrupt, truncated or not what its header claims.
+    #[error("{}: cannot decode image: {msg}", path.display())]
+    Decode { path: PathBuf, msg: String },
+    /// A valid file using a feature this reader does not implement.
+    #[error("{}: unsupported image: {msg}", path.display())]
+    Unsupported { path: PathBuf, msg: String },
+    #[error("invalid preprocessing spec '{spec}': {msg}")]
+    Spec { spec: String, msg: String },
+    /// Bad in-memory arguments (shapes, sizes).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DataError {
+    pub(crate) fn decode(path: &Path, msg: impl Into<String>) -> Self {
+        DataError::Decode {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn unsupported(path: &Path, msg: impl Into<String>) -> Self {
+        DataError::Unsupported {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Rejects empty or absurd dimensions before anything is allocated.
+pub(crate) fn check_dims(path: &Path, width: usize, height: usize) -> Result<(), DataError> {
+    if width == 0 || height == 0 {
+        return Err(DataError::decode(
+            path,
+            format!("zero-sized image ({width}x{height})"),
+        ));
+    }
+    if width > MAX_DIM || height > MAX_DIM || width.saturating_mul(height) > MAX_PIXELS {
+        return Err(DataError::unsupported(
+            path,
+            format!(
+                "dimensions {width}x{height} exceed the limits ({MAX_DIM} per side, {MAX_PIXELS} pixels)"
+            ),
+        ));
+    }
+    Ok(())
+}
