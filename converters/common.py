@@ -309,7 +309,8 @@ def save_case(case, x, y, acts, meta, keep=(), budget=NPZ_BUDGET, extra_arrays=N
     total = sum(size.values())
     omitted = []
     order = list(layer_arrays.keys())  # model order: earlier first
-    kept = set("layer/" + k for k in keep)
+    # a layer asked to be kept is kept only when it is small next to the budget
+    kept = set("layer/" + k for k in keep if "layer/" + k in size and size["layer/" + k] < budget / 3)
     # drop the earliest (largest) layers first, never the kept ones
     for k in order:
         if total <= budget:

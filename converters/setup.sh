@@ -8,13 +8,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
-SHIM="$ROOT/../shared/legacy-keras/sitecustomize.py"
-[ -f "$SHIM" ] || SHIM="$ROOT/converters/sitecustomize.py"
+# shared/legacy-keras/sitecustomize.py, with getargspec returning a named tuple
+SHIM="$ROOT/converters/sitecustomize.py"
 
 legacy() {  # $1 = venv dir, $2 = keras version
   local v="$1" kv="$2"
   if [ -x "$v/bin/python" ] && "$v/bin/python" -c "import keras, sys; sys.exit(keras.__version__ != '$kv')" >/dev/null 2>&1 </dev/null; then
-    echo "$v: keras $kv already present"; return
+    echo "$v: keras $kv already present"
+    cp "$SHIM" "$("$v/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' </dev/null)/sitecustomize.py"
+    return
   fi
   [ -x "$v/bin/python" ] || "$PY" -m venv "$v"
   "$v/bin/pip" install -q "numpy<1.24" "scipy<1.11" "h5py<3.12" six pyyaml

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Regenerate every committed fixture (from the repo root): bash converters/make_all.sh
+# Needs the venvs of converters/setup.sh (created here if missing). ~15 min on 2 cores.
+# Not run here: the full-width benchmark model (bash converters/make_all.sh --bench), which
+# writes build/bench/k208_full_resnet50_whole_resnet{,_tf}.h5 (not committed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash converters/setup.sh
+K208=.venv-keras208/bin/python; K122=.venv-keras122/bin/python; TF=.venv-tf/bin/python
+if [ "${1:-}" = "--bench" ]; then
+  $K208 converters/keras208.py k208_resnet50_whole_resnet --full-width
+  $TF converters/tfconvert.py --full build/bench/k208_full_resnet50_whole_resnet.h5
+  exit 0
+fi
+for c in $($K208 converters/keras208.py --list); do
+  $K208 converters/keras208.py "$c"
+done
+for c in resnet50_patch vgg16_patch vgg19_patch yaroslav_patch resnet50_whole_resnet \
+         vgg16_whole_vgg vgg16_whole_resnet yaroslav_whole_heatmap; do
+  $TF converters/tfconvert.py "k208tf_$c"
+done
+$TF converters/tfconvert.py --check k208_conv k208_pool_pad k208_merge_act k208_seq_1d \
+    k208_nested_shared k208_channels_first
+for c in k122_th_conv k122_tf_merge k122_merge_layer hostile_merge_lambda; do
+  $K122 converters/keras122.py "$c"
+done
+for c in tfk_functional tfk_sequential tfk_resnet50_whole tfk_chunked hostile_tfoplambda; do
+  $TF converters/tfkeras.py "$c"
+done
+env -u TF_USE_LEGACY_KERAS $TF converters/keras3.py
+$TF converters/hostile.py
+du -sh fixtures/k* fixtures/tfk* fixtures/hostile 2>/dev/null | sort -h
