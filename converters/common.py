@@ -14,7 +14,7 @@ BUILD = os.path.join(ROOT, "build")
 
 # per-fixture budget for io.npz (compressed bytes); beyond it the largest early
 # per-layer activations are dropped and listed in expect.json "layers_omitted".
-NPZ_BUDGET = int(os.environ.get("ALLCONV_NPZ_BUDGET", 800 * 1024))
+NPZ_BUDGET = int(os.environ.get("ALLCONV_NPZ_BUDGET", 500 * 1024))
 
 
 def setup_env(kind, data_format="channels_last"):

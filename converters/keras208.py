@@ -394,7 +394,7 @@ def arch_patch(case):
              "input, gamma ~ U(0.5,1.5), beta ~ N(0,0.2); final Dense kernel "
              "scaled by %g so that the softmax is not saturated." % s]
     record(case, model, x, notes, keep=[model.layers[1].name],
-           budget=1200 * 1024 if net == 'resnet50' else common.NPZ_BUDGET)
+           budget=700 * 1024 if net == 'resnet50' else common.NPZ_BUDGET)
 
 
 def arch_whole(case, full=False):
@@ -463,7 +463,7 @@ def arch_whole(case, full=False):
     if net != 'yaroslav':  # the first inner conv of the 1-channel 448x384 case is 5 MB
         keep.append(model.layers[1].name + "/" + model.layers[1].layers[1].name)
     record(case, model, x, notes, keep=keep,
-           budget=1200 * 1024 if net == 'resnet50' else common.NPZ_BUDGET)
+           budget=700 * 1024 if net == 'resnet50' else common.NPZ_BUDGET)
 
 
 # ----------------------------------------------------------------------------

@@ -29,4 +29,4 @@ for c in tfk_functional tfk_sequential tfk_resnet50_whole tfk_chunked hostile_tf
 done
 env -u TF_USE_LEGACY_KERAS $TF converters/keras3.py
 $TF converters/hostile.py
-du -sh fixtures/k* fixtures/tfk* fixtures/hostile 2>/dev/null | sort -h
+$TF converters/fixtures_readme.py

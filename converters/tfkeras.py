@@ -138,7 +138,7 @@ def tfk_resnet50_whole():
         "model is a nested Functional called on a new Input (node index 1). Even input "
         "288x224: conv1 uses TensorFlow's asymmetric 'same' padding (2 top/left, 3 "
         "bottom/right). Layer names follow tf-keras auto-naming.",
-        "final Dense scaled by %g" % sc], keep=[model.layers[1].name], budget=1200 * 1024)
+        "final Dense scaled by %g" % sc], keep=[model.layers[1].name], budget=700 * 1024)
 
 
 def tfk_chunked():

@@ -1,0 +1,83 @@
+"""Write fixtures/README.md (table of cases) from the fixtures' expect.json files."""
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FX = os.path.join(ROOT, "fixtures")
+COVERS = {
+    "k208_resnet50_patch": "Keras 2.0.8 ResNet50 (conv1 7x7/2 same, avg_pool 7x7, GAP) + Dropout + Dense(3): patch classifier, 205x197",
+    "k208_vgg16_patch": "VGG16 patch classifier (relu fused into conv), 80x64",
+    "k208_vgg19_patch": "VGG19 patch classifier, 80x64",
+    "k208_yaroslav_patch": "YaroslavNet (1 channel, auto-named BN), 128x96",
+    "k208_resnet50_whole_resnet": "whole image: nested ResNet50 (node index 1) + resnet top [32-32-64]x2, 225x177",
+    "k208_vgg16_whole_vgg": "whole image: nested VGG16 + vgg top 32x1; has training_config + optimizer_weights",
+    "k208_vgg16_whole_resnet": "whole image: nested VGG16 + resnet top",
+    "k208_yaroslav_whole_heatmap": "whole image: nested YaroslavNet + heatmap (avgpool, Dense on 4-D, maxpool) + FC16-8 + shortcut; optimizer_weights",
+    "k208_conv": "Conv2D strides/dilation/valid/same on odd+even sizes, even kernels, use_bias=False, fused activations, Dense on 4-D, BN center/scale/epsilon/axis",
+    "k208_pool_pad": "ZeroPadding2D/Cropping2D asymmetric, UpSampling2D, max/avg pooling valid+same, global pools, Permute, Reshape, Flatten",
+    "k208_merge_act": "all 2.0.8 activations, LeakyReLU, PReLU (+shared_axes), ELU, Dropout, SpatialDropout2D, add/multiply/average/maximum/concatenate (axis -1 and 1)",
+    "k208_seq_1d": "Sequential (config = bare list), Conv1D, Max/AveragePooling1D, GlobalMax/AveragePooling1D, RepeatVector, BN",
+    "k208_nested_shared": "model nested two deep, nested model called twice (node indices 1, 2), shared Conv2D called twice",
+    "k208_channels_first": "channels_first: Conv2D, BN axis=1, pooling, Flatten (C,H,W order) -> Dense",
+    "k208_weights_only": "save_weights() file (no model_config) + model.json",
+    "k122_th_conv": "Keras 1.2.2 Sequential, Convolution2D th ordering (OIHW kernels), BN mode 0, Flatten->Dense",
+    "k122_tf_merge": "Keras 1.2.2 functional merge(mode='sum'/'concat'), tf ordering",
+    "k122_merge_layer": "Keras 1.2.2 legacy Merge layer (concat) in a Sequential of two Sequentials (2 inputs)",
+    "tfk_functional": "tf-keras Functional: DepthwiseConv2D, SeparableConv2D, ReLU(max_value), Softmax layer, LeakyReLU, BN axis list, Subtract, TF asymmetric same padding",
+    "tfk_sequential": "tf-keras Sequential (dict config with InputLayer)",
+    "tfk_resnet50_whole": "tf-keras nested Functional (node index 1), 2.0.8 ResNet50 topology + resnet top, even 288x224 input",
+    "tfk_chunked": "tf-keras: layer_names split into layer_names0/layer_names1 (300 long-named layers)",
+    "k3_legacy_h5": "Keras 3 legacy .h5 (weight names without :0, top_level_model_weights group)",
+}
+
+
+def size(d):
+    tot = 0
+    for f in os.listdir(d):
+        p = os.path.join(d, f)
+        if not os.path.islink(p):
+            tot += os.path.getsize(p)
+    return tot
+
+
+def main():
+    rows = []
+    total = 0
+    for c in sorted(os.listdir(FX)):
+        d = os.path.join(FX, c)
+        if not os.path.isdir(d) or not os.path.exists(os.path.join(d, "expect.json")):
+            continue
+        e = json.load(open(os.path.join(d, "expect.json")))
+        s = size(d)
+        total += s
+        cov = COVERS.get(c) or ("TF-flavoured %s (kernels flipped, backend tensorflow, S<n> "
+                                "lists, ':0' names); io.npz -> ../%s/io.npz" % (
+                                    e.get("derived_from"), e.get("derived_from")))
+        chk = e.get("tfkeras_check")
+        if chk and "ok" in chk:
+            cov += "; tf-keras check: output diff %.1e" % chk["max_abs_diff_output"]
+        elif chk and chk.get("layers_differing_over_1e-4"):
+            cov += "; TF semantics differ at %d layers (io_tf.npz)" % len(chk["layers_differing_over_1e-4"])
+        elif chk and chk.get("error"):
+            cov += "; tf-keras cannot run it on CPU"
+        gen = e.get("generator", "").split(" (")[0]
+        rows.append("| `%s` | %s %s | %s | %d KB |" % (c, gen, e.get("keras_version", ""), cov, s // 1024))
+    hs = size(os.path.join(FX, "hostile")) if os.path.isdir(os.path.join(FX, "hostile")) else 0
+    total += hs
+    with open(os.path.join(FX, "README.md"), "w") as f:
+        f.write("# fixtures/: genuine-Keras references\n\n"
+                "Made by `converters/` (see converters/README.md). Each case has `model.h5` (or "
+                "`weights.h5` + `model.json`), `io.npz` (`input`, `output`, `layer/<path>`), "
+                "`expect.json` (facts from Keras: versions, backend, count_params, per-layer "
+                "class/shape/params, notes, and for 2.0.8 cases `tfkeras_check`) and `COMMAND`. "
+                "`images/` is not made by converters/.\n\n"
+                "| case | generator | covers | size |\n|---|---|---|---|\n")
+        f.write("\n".join(rows) + "\n")
+        f.write("| `hostile/` | h5py + Keras 2.0.8/1.2.2/tf-keras | files to refuse; "
+                "`hostile/expect.json` maps file -> phrase the error must contain | %d KB |\n" % (hs // 1024))
+        f.write("\nTotal (converters' fixtures, symlinks not counted): %.1f MB\n" % (total / 1e6))
+    print("total %.1f MB" % (total / 1e6))
+
+
+if __name__ == "__main__":
+    main()
