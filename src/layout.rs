@@ -93,6 +93,77 @@ pub fn nchw_to_nhwc_perm(rank: usize) -> Vec<usize> {
     p
 }
 
+/// Identity permutation of `rank` axes.
+pub fn identity_perm(rank: usize) -> Vec<usize> {
+    (0..rank).collect()
+}
+
+/// The inverse permutation: `inverse_perm(p)[p[i]] == i`.
+pub fn inverse_perm(perm: &[usize]) -> Vec<usize> {
+    let mut inv = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    inv
+}
+
+/// A physical layout is described by `perm`: physical axis `i` holds logical (Keras)
+/// axis `perm[i]`. Returns the Transpose permutation that takes a tensor stored as
+/// `from` to one stored as `to`, or `None` when they already agree.
+pub fn transpose_between(from: &[usize], to: &[usize]) -> Option<Vec<usize>> {
+    if from == to {
+        return None;
+    }
+    let inv = inverse_perm(from);
+    Some(to.iter().map(|&k| inv[k]).collect())
+}
+
+/// Where logical (Keras) axis `axis` sits physically under layout `perm`.
+pub fn physical_axis(perm: &[usize], axis: usize) -> usize {
+    inverse_perm(perm)[axis]
+}
+
+/// Channels-first physical layout of a Keras tensor of `rank` (with batch) stored in
+/// data format `channels_last`: N, C, spatial... (identity when already channels-first).
+pub fn channels_first_layout(rank: usize, channels_last: bool) -> Vec<usize> {
+    if channels_last && rank >= 3 {
+        nhwc_to_nchw_perm(rank)
+    } else {
+        identity_perm(rank)
+    }
+}
+
+/// Dense kernel (in, out) -> a 1x..x1 convolution weight (out, in, 1, ...) of `spatial`
+/// dims, for a Dense applied to the channel axis of a channels-first tensor.
+pub fn dense_to_pointwise_conv(t: &Tensor, spatial: usize) -> Tensor {
+    let mut out = transpose(t, &[1, 0]);
+    out.shape.extend(std::iter::repeat_n(1, spatial));
+    out
+}
+
+/// Depthwise kernel (spatial..., in, mult) -> grouped-conv weight (in*mult, 1, spatial...):
+/// output channel `i*mult + m` reads input channel `i`, as in Keras.
+pub fn depthwise_to_grouped(t: &Tensor) -> Tensor {
+    let rank = t.shape.len();
+    // (spatial..., in, mult) -> (in, mult, spatial...)
+    let mut perm = vec![rank - 2, rank - 1];
+    perm.extend(0..rank - 2);
+    let mut out = transpose(t, &perm);
+    let (cin, mult) = (out.shape[0], out.shape[1]);
+    let mut shape = vec![cin * mult, 1];
+    shape.extend_from_slice(&out.shape[2..]);
+    out.shape = shape;
+    out
+}
+
+/// Convolution kernel (spatial..., in, out) -> (out, in, spatial...) for any spatial rank.
+pub fn kernel_to_channels_first(t: &Tensor) -> Tensor {
+    let rank = t.shape.len();
+    let mut perm = vec![rank - 1, rank - 2];
+    perm.extend(0..rank - 2);
+    transpose(t, &perm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +189,28 @@ mod tests {
         assert_eq!(transpose(&o, &[2, 3, 1, 0]), t);
         assert_eq!(nchw_to_nhwc_perm(4), vec![0, 2, 3, 1]);
         assert_eq!(nhwc_to_nchw_perm(4), vec![0, 3, 1, 2]);
+    }
+
+    #[test]
+    fn layout_bookkeeping() {
+        let nchw = channels_first_layout(4, true);
+        assert_eq!(nchw, vec![0, 3, 1, 2]);
+        assert_eq!(
+            transpose_between(&nchw, &identity_perm(4)),
+            Some(vec![0, 2, 3, 1])
+        );
+        assert_eq!(
+            transpose_between(&identity_perm(4), &nchw),
+            Some(vec![0, 3, 1, 2])
+        );
+        assert_eq!(transpose_between(&nchw, &nchw), None);
+        assert_eq!(physical_axis(&nchw, 3), 1);
+        assert_eq!(physical_axis(&nchw, 1), 2);
+        let k = Tensor::new(vec![3, 3, 2, 4], (0..72).map(|x| x as f32).collect()).unwrap();
+        assert_eq!(kernel_to_channels_first(&k), hwio_to_oihw(&k));
+        let d = Tensor::new(vec![1, 1, 2, 3], (0..6).map(|x| x as f32).collect()).unwrap();
+        let g = depthwise_to_grouped(&d);
+        assert_eq!(g.shape, vec![6, 1, 1, 1]);
+        assert_eq!(g.data, vec![0., 1., 2., 3., 4., 5.]);
     }
 }

@@ -34,7 +34,8 @@ pub struct LayerConfig {
     pub calls: Vec<Vec<TensorRef>>,
     /// Set for nested models (`Model`, `Functional`, `Sequential`).
     pub nested: Option<Box<ModelConfig>>,
-    /// Input layers that a Sequential config implies but does not list.
+    /// Not a row of Keras's `model.layers`: the input layer of a Sequential model (implied
+    /// or listed), and the branches of a Keras 1 `Merge` layer.
     pub synthetic: bool,
 }
 
@@ -264,10 +265,39 @@ fn parse_sequential(config: &Value, fallback_name: &str) -> Result<ModelConfig, 
         .get("class_name")
         .and_then(Value::as_str)
         .unwrap_or("");
+    let mut inputs = Vec::new();
+    let mut skip = 0;
     if first_class == "InputLayer" {
-        let l = parse_layer_entry(first, vec![])?;
+        let mut l = parse_layer_entry(first, vec![])?;
+        l.synthetic = true;
         prev = l.name.clone();
+        inputs.push(TensorRef {
+            layer: prev.clone(),
+            node: 0,
+            tensor: 0,
+        });
         layers.push(l);
+        skip = 1;
+    } else if let Some(branches) = keras1_merge_branches(first) {
+        // Keras 1: `Sequential([Merge([left, right]), ...])`. The branches' layers are
+        // top-level layers of the file (weights included) but not rows of model.layers.
+        let mut call = Vec::new();
+        for (i, b) in branches.iter().enumerate() {
+            let branch = parse_sequential(
+                b.get("config").unwrap_or(&Value::Null),
+                &format!("branch_{i}"),
+            )?;
+            call.push(branch.outputs[0].clone());
+            inputs.extend(branch.inputs.iter().cloned());
+            layers.extend(branch.layers.into_iter().map(|mut l| {
+                l.synthetic = true;
+                l
+            }));
+        }
+        let merge = parse_layer_entry(first, vec![call])?;
+        prev = merge.name.clone();
+        layers.push(merge);
+        skip = 1;
     } else {
         let fc = first.get("config").cloned().unwrap_or(Value::Null);
         let shape = fc
@@ -290,12 +320,13 @@ fn parse_sequential(config: &Value, fallback_name: &str) -> Result<ModelConfig, 
             nested: None,
             synthetic: true,
         });
+        inputs.push(TensorRef {
+            layer: prev.clone(),
+            node: 0,
+            tensor: 0,
+        });
     }
-    let input_name = prev.clone();
-    for e in entries
-        .iter()
-        .skip(if first_class == "InputLayer" { 1 } else { 0 })
-    {
+    for e in entries.iter().skip(skip) {
         let call = vec![TensorRef {
             layer: prev.clone(),
             node: container_first_node(&layers, &prev),
@@ -309,11 +340,7 @@ fn parse_sequential(config: &Value, fallback_name: &str) -> Result<ModelConfig, 
     Ok(ModelConfig {
         class: "Sequential".into(),
         name,
-        inputs: vec![TensorRef {
-            layer: input_name,
-            node: 0,
-            tensor: 0,
-        }],
+        inputs,
         outputs: vec![TensorRef {
             layer: prev,
             node: last_node,
@@ -321,6 +348,18 @@ fn parse_sequential(config: &Value, fallback_name: &str) -> Result<ModelConfig, 
         }],
         layers,
     })
+}
+
+/// The branch models of a Keras 1 `Merge` layer that starts a Sequential model.
+fn keras1_merge_branches(entry: &Value) -> Option<&Vec<Value>> {
+    if entry.get("class_name").and_then(Value::as_str) != Some("Merge") {
+        return None;
+    }
+    entry
+        .get("config")?
+        .get("layers")?
+        .as_array()
+        .filter(|b| !b.is_empty())
 }
 
 /// The node index a config uses for the first call of `name`: 1 for nested models
@@ -331,4 +370,74 @@ fn container_first_node(layers: &[LayerConfig], name: &str) -> usize {
         .find(|l| l.name == name)
         .map(|l| usize::from(l.nested.is_some()))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keras208_sequential_list_gets_an_input_chain() {
+        let m = parse_model(&json!({"class_name": "Sequential", "config": [
+            {"class_name": "Dense", "config": {"name": "d1", "units": 4, "batch_input_shape": [null, 3]}},
+            {"class_name": "Dense", "config": {"name": "d2", "units": 2}}]}))
+        .unwrap();
+        assert_eq!(m.layers.len(), 3);
+        assert!(m.layers[0].synthetic);
+        assert_eq!(m.layers[0].name, "d1_input");
+        assert_eq!(m.layers[2].calls[0][0].layer, "d1");
+        assert_eq!(m.outputs[0].layer, "d2");
+    }
+
+    #[test]
+    fn tf_keras_sequential_dict_with_input_layer() {
+        let m = parse_model(
+            &json!({"class_name": "Sequential", "config": {"name": "s", "layers": [
+            {"class_name": "InputLayer", "config": {"name": "inp", "batch_input_shape": [null, 3]}},
+            {"class_name": "Dense", "config": {"name": "d1", "units": 4}}]}}),
+        )
+        .unwrap();
+        assert_eq!(m.layers.len(), 2);
+        assert!(
+            m.layers[0].synthetic,
+            "Keras does not list it in model.layers"
+        );
+        assert_eq!(m.inputs[0].layer, "inp");
+    }
+
+    #[test]
+    fn keras3_inbound_nodes_and_nested_node_index() {
+        let m = parse_model(&json!({"class_name": "Functional", "config": {"name": "f",
+            "layers": [
+                {"class_name": "InputLayer", "name": "x", "config": {"name": "x", "batch_shape": [null, 8, 8, 3]}, "inbound_nodes": []},
+                {"class_name": "Conv2D", "name": "c", "config": {"name": "c"}, "inbound_nodes": [
+                    {"args": [{"class_name": "__keras_tensor__", "config": {"shape": [null, 8, 8, 3], "keras_history": ["x", 0, 0]}}], "kwargs": {}}]}],
+            "input_layers": [["x", 0, 0]], "output_layers": ["c", 0, 0]}}))
+        .unwrap();
+        assert_eq!(
+            m.layers[1].calls,
+            vec![vec![TensorRef {
+                layer: "x".into(),
+                node: 0,
+                tensor: 0
+            }]]
+        );
+        assert_eq!(
+            m.outputs,
+            vec![TensorRef {
+                layer: "c".into(),
+                node: 0,
+                tensor: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn depth_cap_refuses_before_parsing() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        let err = parse_json(&deep).unwrap_err();
+        assert!(err.contains("nested"), "{err}");
+        assert_eq!(json_depth(r#"{"a": "[[[[", "b": [1, {"c": 2}]}"#), 3);
+    }
 }
