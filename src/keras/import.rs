@@ -114,6 +114,7 @@ pub fn read_model(path: &Path, opts: &ReadOptions) -> Result<Graph> {
         keras3,
         theano: backend.as_deref() == Some("theano"),
         problems: Vec::new(),
+        weight_group: None,
         records: HashMap::new(),
         warnings,
     };
@@ -263,6 +264,8 @@ struct Builder<'a> {
     keras3: bool,
     theano: bool,
     problems: Vec<RefusedLayer>,
+    /// The top-level nested model being built, whose `.h5` group holds the weights.
+    weight_group: Option<String>,
     /// layer path -> index in graph.layers
     records: HashMap<String, usize>,
     warnings: Vec<String>,
@@ -462,12 +465,21 @@ impl Builder<'_> {
             return Ok(vec![None]);
         };
         if let Some(nested) = &l.nested {
+            // Weights of every layer inside live in the outermost nested model's group.
+            let outer = self.weight_group.is_none();
+            if outer {
+                self.weight_group = Some(l.name.clone());
+            }
             let outs = self.build_container(
                 nested,
                 &format!("{path}/"),
                 &call_suffix,
                 Some(ins.into_iter().map(Some).collect()),
-            )?;
+            );
+            if outer {
+                self.weight_group = None;
+            }
+            let outs = outs?;
             if let (Some(Some(v)), Some(&rec)) = (outs.first(), self.records.get(&path)) {
                 self.graph.layers[rec].output.get_or_insert(*v);
             }
@@ -585,9 +597,11 @@ impl Builder<'_> {
         let slots = op.weight_slots();
         let input = shapes.first().ok_or_else(|| layer_err("no input".into()))?;
         let expected = expected_shapes(op, input).map_err(layer_err)?;
-        let (group, inner) = match path.split_once('/') {
-            None => (path, None),
-            Some((g, _)) => (g, Some(l.name.as_str())),
+        // Layer names may contain '/' (tf.keras DenseNet: `conv1/conv`): the group comes
+        // from the nesting, never from splitting the path.
+        let (group, inner) = match &self.weight_group {
+            None => (l.name.as_str(), None),
+            Some(g) => (g.as_str(), Some(l.name.as_str())),
         };
         let found = self
             .index

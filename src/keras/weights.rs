@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 pub struct WeightEntry {
     /// HDF5 path of the dataset.
     pub path: String,
-    /// Name of the layer that owns it, as the file spells it (may carry a TF `_1` suffix).
+    /// Name scope of the variable, as the file spells it: the owning layer's name, maybe
+    /// behind enclosing scopes or with a TF `_1` suffix.
     pub layer_hint: String,
     /// The slot it fills (`kernel`, `moving_mean`...), if the variable name says so.
     pub slot: Option<&'static str>,
@@ -69,7 +70,7 @@ pub fn parse_weight_name(name: &str) -> (String, Option<&'static str>) {
     let parts: Vec<&str> = base.split('/').collect();
     if parts.len() >= 2 {
         return (
-            parts[parts.len() - 2].to_string(),
+            parts[..parts.len() - 1].join("/"),
             slot_of(parts[parts.len() - 1]),
         );
     }
@@ -142,12 +143,19 @@ impl WeightIndex {
         let mine: Vec<&WeightEntry> = match inner {
             None => entries.iter().collect(),
             Some(name) => {
-                let exact: Vec<_> = entries.iter().filter(|e| e.layer_hint == name).collect();
+                let nested = format!("/{name}");
+                let exact: Vec<_> = entries
+                    .iter()
+                    .filter(|e| e.layer_hint == name || e.layer_hint.ends_with(&nested))
+                    .collect();
                 if exact.is_empty() {
                     // TF uniquifies scopes (`conv1_1`) when a model is rebuilt in one process.
                     entries
                         .iter()
-                        .filter(|e| strip_uniquifier(&e.layer_hint) == name)
+                        .filter(|e| {
+                            let last = e.layer_hint.rsplit('/').next().unwrap_or("");
+                            strip_uniquifier(last) == name
+                        })
                         .collect()
                 } else {
                     exact
@@ -158,7 +166,12 @@ impl WeightIndex {
         let named = mine.iter().all(|e| e.slot.is_some());
         for (i, slot) in slots.iter().enumerate() {
             let found = if named {
-                mine.iter().find(|e| e.slot == Some(*slot))
+                // Keras 3 calls a DepthwiseConv2D's weight plain `kernel`.
+                let alias = (*slot == "depthwise_kernel" && !slots.contains(&"pointwise_kernel"))
+                    .then_some("kernel");
+                mine.iter()
+                    .find(|e| e.slot == Some(*slot))
+                    .or_else(|| mine.iter().find(|e| alias.is_some() && e.slot == alias))
             } else if inner.is_none() && mine.len() == slots.len() {
                 mine.get(i)
             } else {
@@ -170,9 +183,10 @@ impl WeightIndex {
             }
         }
         if named && inner.is_none() && mine.len() > slots.len() {
+            let used: Vec<&String> = out.iter().map(|(_, p)| p).collect();
             let extra: Vec<_> = mine
                 .iter()
-                .filter(|e| !slots.contains(&e.slot.unwrap_or("")))
+                .filter(|e| !used.contains(&&e.path))
                 .map(|e| e.path.clone())
                 .collect();
             return Err(format!("unexpected weights {extra:?}"));
@@ -213,7 +227,7 @@ mod tests {
         );
         assert_eq!(
             parse_weight_name("model_1/bn_conv1/moving_variance:0"),
-            ("bn_conv1".into(), Some("moving_variance"))
+            ("model_1/bn_conv1".into(), Some("moving_variance"))
         );
         assert_eq!(
             parse_weight_name("conv2d/kernel"),
