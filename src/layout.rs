@@ -141,6 +141,11 @@ pub fn dense_to_pointwise_conv(t: &Tensor, spatial: usize) -> Tensor {
     out
 }
 
+/// Dense kernel (in, out) -> (out, in), the weight layout of torch's `linear`.
+pub fn dense_to_linear(t: &Tensor) -> Tensor {
+    transpose(t, &[1, 0])
+}
+
 /// Depthwise kernel (spatial..., in, mult) -> grouped-conv weight (in*mult, 1, spatial...):
 /// output channel `i*mult + m` reads input channel `i`, as in Keras.
 pub fn depthwise_to_grouped(t: &Tensor) -> Tensor {

@@ -1,10 +1,21 @@
 //! allconv: legacy Keras `.h5` models (Shen et al., end2end-all-conv) read into one IR,
 //! checked against genuine Keras, and lowered to ONNX / tract / libtorch.
 
+pub mod data;
 pub mod error;
 pub mod ir;
 pub mod keras;
 pub mod layout;
+#[cfg(feature = "onnx")]
+pub mod onnx;
+pub mod passes;
 pub mod report;
+pub mod safetensors;
+#[cfg(feature = "runtime")]
+pub mod runtime;
+#[cfg(feature = "torch")]
+pub mod torch;
+#[cfg(feature = "onnx")]
+pub mod verify;
 
 pub use error::{Error, Result};

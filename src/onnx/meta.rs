@@ -1,0 +1,106 @@
+//! Metadata written into the ONNX model (`metadata_props`) and the embedded test
+//! vectors: `{"shape": [...], "dtype": "float32", "base64": "<little-endian f32>"}`.
+
+use crate::error::{Error, Result};
+use base64::Engine;
+use onnx_protobuf::{Message, ModelProto};
+use std::collections::BTreeMap;
+
+pub const SOURCE_SHA256: &str = "allconv.source_sha256";
+pub const KERAS_VERSION: &str = "allconv.keras_version";
+pub const BACKEND: &str = "allconv.backend";
+pub const DIALECT: &str = "allconv.dialect";
+pub const INPUT_LAYOUT: &str = "allconv.input_layout";
+pub const PREPROCESS: &str = "allconv.preprocess";
+pub const TTA: &str = "allconv.tta";
+pub const NODE_NAMES: &str = "allconv.node_names";
+pub const FOLDED: &str = "allconv.folded_layers";
+pub const TEST_INPUT: &str = "allconv.test_input";
+pub const TEST_OUTPUT: &str = "allconv.test_output";
+pub const TEST_SOURCE: &str = "allconv.test_vector_source";
+
+/// A dense f32 array with its full shape (batch included).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+pub fn encode_array(a: &Array) -> String {
+    let mut raw = Vec::with_capacity(a.data.len() * 4);
+    for x in &a.data {
+        raw.extend_from_slice(&x.to_le_bytes());
+    }
+    serde_json::json!({
+        "shape": a.shape,
+        "dtype": "float32",
+        "base64": base64::engine::general_purpose::STANDARD.encode(raw),
+    })
+    .to_string()
+}
+
+pub fn decode_array(s: &str) -> Result<Array> {
+    let bad = |m: &str| Error::Other(format!("embedded test vector: {m}"));
+    let v: serde_json::Value = serde_json::from_str(s).map_err(|e| bad(&e.to_string()))?;
+    let shape: Vec<usize> = v["shape"]
+        .as_array()
+        .ok_or_else(|| bad("no shape"))?
+        .iter()
+        .map(|d| {
+            d.as_u64()
+                .map(|d| d as usize)
+                .ok_or_else(|| bad("bad shape"))
+        })
+        .collect::<Result<_>>()?;
+    if v["dtype"].as_str() != Some("float32") {
+        return Err(bad("dtype is not float32"));
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v["base64"].as_str().ok_or_else(|| bad("no base64"))?)
+        .map_err(|e| bad(&e.to_string()))?;
+    let n: usize = shape.iter().product();
+    if raw.len() != n * 4 {
+        return Err(bad(&format!("{} bytes for shape {shape:?}", raw.len())));
+    }
+    let data = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(Array { shape, data })
+}
+
+/// Parse an ONNX file's bytes.
+pub fn parse_model(bytes: &[u8]) -> Result<ModelProto> {
+    ModelProto::parse_from_bytes(bytes).map_err(|e| Error::Other(format!("not an ONNX model: {e}")))
+}
+
+/// `metadata_props` as a map.
+pub fn metadata(m: &ModelProto) -> BTreeMap<String, String> {
+    m.metadata_props
+        .iter()
+        .map(|p| (p.key.clone(), p.value.clone()))
+        .collect()
+}
+
+/// Set (or replace) one metadata entry.
+pub fn set_metadata(m: &mut ModelProto, key: &str, value: String) {
+    if let Some(p) = m.metadata_props.iter_mut().find(|p| p.key == key) {
+        p.value = value;
+    } else {
+        m.metadata_props
+            .push(onnx_protobuf::StringStringEntryProto {
+                key: key.into(),
+                value,
+                ..Default::default()
+            });
+    }
+}
+
+/// The embedded test vectors, if any.
+pub fn test_vectors(m: &ModelProto) -> Result<Option<(Array, Array)>> {
+    let md = metadata(m);
+    match (md.get(TEST_INPUT), md.get(TEST_OUTPUT)) {
+        (Some(i), Some(o)) => Ok(Some((decode_array(i)?, decode_array(o)?))),
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,67 @@
+//! Check an exported model against genuine-Keras reference activations (`io.npz`:
+//! `input`, `output`, `layer/<path>`) or against the test vectors embedded in an ONNX
+//! file. Tolerance: `|a - b| <= atol + rtol * |b|` (b = reference).
+
+pub mod npz;
+
+#[cfg(feature = "runtime")]
+mod run;
+#[cfg(feature = "runtime")]
+pub use run::*;
+
+use serde::Serialize;
+
+pub const DEFAULT_ATOL: f32 = 1e-4;
+pub const DEFAULT_RTOL: f32 = 0.0;
+
+/// One compared tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorCmp {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub max_abs_err: f32,
+    /// Values outside the tolerance (NaN counts).
+    pub n_bad: usize,
+    pub passed: bool,
+}
+
+/// Compare `got` to the reference `want`.
+pub fn compare(
+    name: &str,
+    got: &[f32],
+    got_shape: &[usize],
+    want: &[f32],
+    want_shape: &[usize],
+    atol: f32,
+    rtol: f32,
+) -> TensorCmp {
+    if got_shape != want_shape || got.len() != want.len() {
+        return TensorCmp {
+            name: format!("{name} (shape {got_shape:?} vs reference {want_shape:?})"),
+            shape: got_shape.to_vec(),
+            max_abs_err: f32::INFINITY,
+            n_bad: got.len().max(want.len()),
+            passed: false,
+        };
+    }
+    let mut max = 0f32;
+    let mut bad = 0;
+    for (&a, &b) in got.iter().zip(want) {
+        let d = (a - b).abs();
+        if d.is_nan() || d > atol + rtol * b.abs() {
+            bad += 1;
+        }
+        if d.is_nan() {
+            max = f32::NAN;
+        } else if !max.is_nan() {
+            max = max.max(d);
+        }
+    }
+    TensorCmp {
+        name: name.into(),
+        shape: got_shape.to_vec(),
+        max_abs_err: max,
+        n_bad: bad,
+        passed: bad == 0,
+    }
+}
