@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod predict;
+
 #[derive(Parser)]
 #[command(
     name = "allconv",
@@ -52,6 +54,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Class probabilities for images (.onnx or .h5 model); --heatmap for patch classifiers.
+    Predict(predict::PredictArgs),
 }
 
 fn parse_size(s: &str) -> Result<Vec<usize>, String> {
@@ -85,6 +89,7 @@ fn fail(json: bool, err: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Predict(args) => predict::main(args),
         Command::Inspect { model, json } => match read_model(&model.model, &model.options()) {
             Ok(g) => {
                 let r = InspectReport::new(&g);

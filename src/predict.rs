@@ -1,0 +1,722 @@
+//! `allconv predict`: class probabilities for mammograms, and heatmaps from patch
+//! classifiers (the paper's patch-to-whole-image idea).
+//!
+//! Pipeline per image, as the paper's `read_resize_img` + DMImageDataGenerator:
+//! read (PNG/PGM/JPEG/TIFF/DICOM) -> OpenCV-exact bicubic resize to the model's input
+//! size (static ONNX/Keras input, or `size=` of `--preprocess`; else the image's own
+//! size) -> `target_scale`/`rescale`/`mean` -> grey to 3 channels when the model takes
+//! 3 -> run. `--tta` averages the image, its horizontal, vertical and double flip
+//! (host side, unless the ONNX model already does it in-graph).
+//!
+//! Preprocessing parameters: `--preprocess` wins; else the ONNX metadata
+//! `allconv.preprocess` (preprocessing compiled into the graph at convert time); else
+//! none. Which one was used is printed with the results.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `allconv predict`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PredictArgs {
+    /// Model: an .onnx file, or a Keras .h5 (converted in memory).
+    pub model: PathBuf,
+    /// Images: PNG, PGM/PPM, JPEG, TIFF or DICOM.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Preprocessing, e.g. `rescale=0.003891,mean=52.18,gray,size=1152x896`
+    /// (keys: size=HxW, target_scale=F, rescale=F, mean=F, channels=1|3, gray).
+    /// Overrides the parameters recorded in the ONNX metadata.
+    #[arg(long)]
+    pub preprocess: Option<String>,
+    /// 4-flip test-time augmentation: mean over the image and its h, v and h+v flips.
+    #[arg(long)]
+    pub tta: bool,
+    /// Threads for tract's matrix products.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// CSV output: `file,p0,p1,...,error`.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    /// JSON output: an array with one object per image.
+    #[arg(long)]
+    pub json: bool,
+    /// Patch classifier (.h5) only: run it fully convolutionally over each whole image
+    /// and write `<stem>_heatmap.png` (overlay) and `<stem>_heatmap.npy` (h, w, classes)
+    /// into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub heatmap: Option<PathBuf>,
+    /// Class drawn in the heatmap overlay (default: the last class).
+    #[arg(long, value_name = "K", requires = "heatmap")]
+    pub heatmap_class: Option<usize>,
+}
+
+#[cfg(not(feature = "runtime"))]
+pub fn main(_args: PredictArgs) -> ExitCode {
+    eprintln!("error: predict needs allconv built with the `runtime` feature");
+    ExitCode::FAILURE
+}
+
+#[cfg(feature = "runtime")]
+pub fn main(args: PredictArgs) -> ExitCode {
+    imp::main(args)
+}
+
+#[cfg(feature = "runtime")]
+mod imp {
+    use super::PredictArgs;
+    use allconv::data::{
+        flip_h, flip_v, read_image, write_overlay, GrayImage, OverlayOptions, Preprocess,
+    };
+    use allconv::ir::{split_channels, DataFormat, Graph};
+    use allconv::keras::{read_model, ReadOptions};
+    use allconv::onnx::{self, meta, ExportOptions};
+    use allconv::passes::heatmap::{to_heatmap, HeatmapReport};
+    use allconv::runtime::TractModel;
+    use serde_json::{json, Value};
+    use std::collections::{HashMap, HashSet};
+    use std::path::{Path, PathBuf};
+    use std::process::ExitCode;
+
+    type Res<T> = std::result::Result<T, String>;
+
+    /// Preprocessing compiled into the ONNX graph (metadata `allconv.preprocess`).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct InGraph {
+        rescale: f32,
+        mean: f32,
+        gray: bool,
+    }
+
+    enum Engine {
+        Onnx(Vec<u8>),
+        Keras(Box<Graph>),
+    }
+
+    struct Model {
+        engine: Engine,
+        nchw: bool,
+        /// Channels the graph input takes (1 when grey duplication runs in-graph).
+        channels: usize,
+        /// Static input size (H, W) the model must be fed at.
+        fixed_hw: Option<(usize, usize)>,
+        in_graph_pre: Option<InGraph>,
+        in_graph_tta: bool,
+        heatmap: Option<HeatmapReport>,
+        threads: usize,
+        plans: HashMap<(usize, usize), TractModel>,
+    }
+
+    impl Model {
+        fn plan(&mut self, h: usize, w: usize) -> Res<&TractModel> {
+            if !self.plans.contains_key(&(h, w)) {
+                let shape = if self.nchw {
+                    vec![1, self.channels, h, w]
+                } else {
+                    vec![1, h, w, self.channels]
+                };
+                let bytes;
+                let onnx_bytes: &[u8] = match &self.engine {
+                    Engine::Onnx(b) => b,
+                    Engine::Keras(g) => {
+                        let opts = ExportOptions {
+                            input_size: Some(vec![h, w]),
+                            ..Default::default()
+                        };
+                        bytes = onnx::export(g, &opts)
+                            .and_then(|e| e.to_bytes())
+                            .map_err(|e| format!("converting the model at {h}x{w}: {e}"))?;
+                        &bytes
+                    }
+                };
+                let m = TractModel::load(onnx_bytes, &shape, self.threads)
+                    .map_err(|e| format!("loading the model at {h}x{w}: {e}"))?;
+                self.plans.insert((h, w), m);
+            }
+            self.plans
+                .get(&(h, w))
+                .ok_or_else(|| "internal: plan cache".to_string())
+        }
+    }
+
+    fn load_model(args: &PredictArgs) -> Res<Model> {
+        let path = &args.model;
+        let is_onnx = path
+            .extension()
+            .map(|e| e.eq_ignore_ascii_case("onnx"))
+            .unwrap_or(false);
+        let threads = args.threads.max(1);
+        if is_onnx {
+            if args.heatmap.is_some() {
+                return Err(
+                    "--heatmap needs the Keras .h5 patch classifier: the heatmap pass rewrites the model's IR, not an ONNX file"
+                        .into(),
+                );
+            }
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let proto =
+                meta::parse_model(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            let md = meta::metadata(&proto);
+            let nchw = md.get(meta::INPUT_LAYOUT).map(String::as_str) == Some("NCHW");
+            let in_graph_pre = match md.get(meta::PREPROCESS) {
+                Some(s) => {
+                    let v: Value = serde_json::from_str(s)
+                        .map_err(|e| format!("metadata {}: {e}", meta::PREPROCESS))?;
+                    let f = |k: &str| {
+                        v[k].as_f64()
+                            .map(|x| x as f32)
+                            .ok_or_else(|| format!("metadata {}: no {k}", meta::PREPROCESS))
+                    };
+                    Some(InGraph {
+                        rescale: f("rescale")?,
+                        mean: f("mean")?,
+                        gray: v["gray"].as_bool().unwrap_or(false),
+                    })
+                }
+                None => None,
+            };
+            let in_graph_tta = md.contains_key(meta::TTA);
+            let graph = proto
+                .graph
+                .as_ref()
+                .ok_or_else(|| format!("{}: the ONNX model has no graph", path.display()))?;
+            if graph.input.len() != 1 {
+                return Err(format!(
+                    "{}: predict needs a model with one input, this one has {}",
+                    path.display(),
+                    graph.input.len()
+                ));
+            }
+            let dims: Vec<Option<usize>> = graph.input[0]
+                .type_
+                .tensor_type()
+                .shape
+                .as_ref()
+                .map(|s| {
+                    s.dim
+                        .iter()
+                        .map(|d| {
+                            if d.has_dim_value() && d.dim_value() > 0 {
+                                Some(d.dim_value() as usize)
+                            } else {
+                                None
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if dims.len() != 4 {
+                return Err(format!(
+                    "{}: predict needs an image input (N, H, W, C), the model's input has rank {}",
+                    path.display(),
+                    dims.len()
+                ));
+            }
+            let (h, w, c) = if nchw {
+                (dims[2], dims[3], dims[1])
+            } else {
+                (dims[1], dims[2], dims[3])
+            };
+            let channels = c.ok_or_else(|| {
+                format!(
+                    "{}: the model's input channels are not static",
+                    path.display()
+                )
+            })?;
+            let fixed_hw = match (h, w) {
+                (Some(h), Some(w)) => Some((h, w)),
+                _ => None,
+            };
+            Ok(Model {
+                engine: Engine::Onnx(bytes),
+                nchw,
+                channels,
+                fixed_hw,
+                in_graph_pre,
+                in_graph_tta,
+                heatmap: None,
+                threads,
+                plans: HashMap::new(),
+            })
+        } else {
+            let g = read_model(path, &ReadOptions::default()).map_err(|e| e.to_string())?;
+            let (g, heatmap) = if args.heatmap.is_some() {
+                let (g, r) = to_heatmap(&g).map_err(|e| format!("{}: {e}", path.display()))?;
+                (g, Some(r))
+            } else {
+                (g, None)
+            };
+            if g.inputs.len() != 1 || g.outputs.len() != 1 {
+                return Err(format!(
+                    "{}: predict needs a model with one input and one output",
+                    path.display()
+                ));
+            }
+            let inp = &g.inputs[0];
+            if inp.shape.len() != 3 {
+                return Err(format!(
+                    "{}: predict needs an image input (N, H, W, C), the model's input has rank {}",
+                    path.display(),
+                    inp.shape.len() + 1
+                ));
+            }
+            let (sp, c) = split_channels(&inp.shape, inp.data_format).map_err(|e| e.to_string())?;
+            let channels = c.known().ok_or_else(|| {
+                format!("{}: the model's input channels are unknown", path.display())
+            })?;
+            // A heatmap runs at the whole image's size, whatever patch size was declared.
+            let fixed_hw = match (
+                heatmap.is_some(),
+                sp.first().and_then(|d| d.known()),
+                sp.get(1).and_then(|d| d.known()),
+            ) {
+                (false, Some(h), Some(w)) => Some((h, w)),
+                _ => None,
+            };
+            Ok(Model {
+                nchw: inp.data_format == DataFormat::ChannelsFirst,
+                engine: Engine::Keras(Box::new(g)),
+                channels,
+                fixed_hw,
+                in_graph_pre: None,
+                in_graph_tta: false,
+                heatmap,
+                threads,
+                plans: HashMap::new(),
+            })
+        }
+    }
+
+    /// The host-side pipeline and how it was chosen.
+    struct Plan {
+        /// What runs on the host (resize, target_scale, rescale, mean, channels).
+        host: Preprocess,
+        /// After `host`, map y -> (y + mean_g) / rescale_g so that the in-graph
+        /// preprocessing gives back y (a `--preprocess` overriding the metadata).
+        compensate: Option<InGraph>,
+        /// The effective parameters, as a spec.
+        spec: String,
+        source: String,
+        tta: &'static str,
+    }
+
+    fn plan_preprocess(args: &PredictArgs, m: &Model) -> Res<Plan> {
+        let flag: Option<Preprocess> = match &args.preprocess {
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|e: allconv::data::DataError| e.to_string())?,
+            ),
+            None => None,
+        };
+        let mut eff = match (&flag, &m.in_graph_pre) {
+            (Some(p), _) => p.clone(),
+            (None, Some(g)) => Preprocess {
+                rescale: g.rescale,
+                mean: g.mean,
+                channels: if g.gray { 3 } else { 1 },
+                ..Default::default()
+            },
+            (None, None) => Preprocess::default(),
+        };
+        let source = match (&flag, &m.in_graph_pre) {
+            (Some(_), Some(_)) => {
+                "--preprocess (overrides the ONNX metadata's in-graph preprocessing)"
+            }
+            (Some(_), None) => "--preprocess",
+            (None, Some(_)) => "ONNX metadata (allconv.preprocess, applied in-graph)",
+            (None, None) => "none (no --preprocess, no ONNX metadata): raw pixel values",
+        }
+        .to_string();
+        // Resize target: the model's static size, else size= of the spec, else the image's.
+        if let Some((h, w)) = m.fixed_hw {
+            if let Some(t) = eff.target {
+                if t != (h, w) {
+                    return Err(format!(
+                        "--preprocess size={}x{} conflicts with the model's static input size {h}x{w}",
+                        t.0, t.1
+                    ));
+                }
+            }
+            eff.target = Some((h, w));
+        }
+        let model_channels = match &m.in_graph_pre {
+            Some(g) if g.gray => 3,
+            _ => m.channels,
+        };
+        if model_channels != 1 && model_channels != 3 {
+            return Err(format!(
+                "the model takes {model_channels} input channels; predict feeds grey images to 1- or 3-channel models"
+            ));
+        }
+        eff.channels = model_channels;
+        let spec = eff.to_string();
+        let mut host = eff.clone();
+        let mut compensate = None;
+        if let Some(g) = m.in_graph_pre {
+            host.channels = m.channels;
+            if flag.is_none() || (eff.rescale == g.rescale && eff.mean == g.mean) {
+                host.rescale = 1.0;
+                host.mean = 0.0;
+            } else {
+                if g.rescale == 0.0 {
+                    return Err(
+                        "the in-graph preprocessing has rescale=0 and cannot be overridden".into(),
+                    );
+                }
+                compensate = Some(g);
+            }
+        }
+        let tta = match (args.tta, m.in_graph_tta) {
+            (_, true) => "in-graph (ONNX metadata allconv.tta; not repeated on the host)",
+            (true, false) => "host (4 flips)",
+            (false, false) => "off",
+        };
+        Ok(Plan {
+            host,
+            compensate,
+            spec,
+            source,
+            tta,
+        })
+    }
+
+    struct HeatmapOut {
+        png: PathBuf,
+        npy: PathBuf,
+        shape: [usize; 3],
+    }
+
+    struct Row {
+        file: PathBuf,
+        result: Res<(Vec<f32>, [usize; 2], Option<HeatmapOut>)>,
+    }
+
+    fn hwc_to_chw(x: &[f32], [h, w, c]: [usize; 3]) -> Vec<f32> {
+        let mut out = vec![0.0; x.len()];
+        for y in 0..h {
+            for xx in 0..w {
+                for k in 0..c {
+                    out[(k * h + y) * w + xx] = x[(y * w + xx) * c + k];
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs one view; returns the output (probabilities, or the (h, w, K) map) and its shape.
+    fn run_view(m: &mut Model, x: &[f32], shape: [usize; 3]) -> Res<(Vec<f32>, Vec<usize>)> {
+        let nchw = m.nchw;
+        let plan = m.plan(shape[0], shape[1])?;
+        let data = if nchw {
+            hwc_to_chw(x, shape)
+        } else {
+            x.to_vec()
+        };
+        let mut outs = plan.run(&data).map_err(|e| e.to_string())?;
+        if outs.is_empty() {
+            return Err("the model has no output".into());
+        }
+        let o = outs.swap_remove(0);
+        Ok((o.data, o.shape))
+    }
+
+    fn process(
+        path: &Path,
+        m: &mut Model,
+        p: &Plan,
+        args: &PredictArgs,
+        stems: &mut HashSet<String>,
+    ) -> Res<(Vec<f32>, [usize; 2], Option<HeatmapOut>)> {
+        let img: GrayImage = read_image(path).map_err(|e| e.to_string())?;
+        let (mut x, shape) = p.host.apply(&img).map_err(|e| e.to_string())?;
+        if let Some(g) = p.compensate {
+            for v in &mut x {
+                *v = (*v + g.mean) / g.rescale;
+            }
+        }
+        let host_tta = args.tta && !m.in_graph_tta;
+        let mut views = vec![x.clone()];
+        if host_tta {
+            let e = |e: allconv::data::DataError| e.to_string();
+            let h = flip_h(&x, shape).map_err(e)?;
+            views.push(h.clone());
+            views.push(flip_v(&x, shape).map_err(e)?);
+            views.push(flip_v(&h, shape).map_err(e)?);
+        }
+        let heat = m.heatmap.is_some();
+        let mut acc: Vec<f32> = Vec::new();
+        let mut out_shape = Vec::new();
+        for (i, v) in views.iter().enumerate() {
+            let (mut y, s) = run_view(m, v, shape)?;
+            if heat {
+                let [mh, mw, k] = match s.as_slice() {
+                    [1, a, b, c] => [*a, *b, *c],
+                    _ => {
+                        return Err(format!(
+                            "the heatmap model returned shape {s:?}, expected (1, h, w, classes)"
+                        ))
+                    }
+                };
+                let e = |e: allconv::data::DataError| e.to_string();
+                // Flip the map back to the image's orientation.
+                y = match i {
+                    1 => flip_h(&y, [mh, mw, k]).map_err(e)?,
+                    2 => flip_v(&y, [mh, mw, k]).map_err(e)?,
+                    3 => flip_v(&flip_h(&y, [mh, mw, k]).map_err(e)?, [mh, mw, k]).map_err(e)?,
+                    _ => y,
+                };
+            } else if s.len() != 2 || s[0] != 1 {
+                return Err(format!(
+                    "the model returned shape {s:?}; predict expects (1, classes) (use --heatmap for a patch classifier's map)"
+                ));
+            }
+            if acc.is_empty() {
+                acc = y;
+                out_shape = s;
+            } else {
+                for (a, b) in acc.iter_mut().zip(&y) {
+                    *a += b;
+                }
+            }
+        }
+        let n = views.len() as f32;
+        for a in &mut acc {
+            *a /= n;
+        }
+        let hw = [shape[0], shape[1]];
+        if !heat {
+            return Ok((acc, hw, None));
+        }
+        // Heatmap: class probabilities of the image = mean of the map; write the files.
+        let (mh, mw, k) = (out_shape[1], out_shape[2], out_shape[3]);
+        let class = args.heatmap_class.unwrap_or(k.saturating_sub(1));
+        if class >= k {
+            return Err(format!(
+                "--heatmap-class {class}: the model has {k} classes"
+            ));
+        }
+        let mut mean = vec![0.0f32; k];
+        for px in acc.chunks_exact(k) {
+            for (s, v) in mean.iter_mut().zip(px) {
+                *s += v;
+            }
+        }
+        for s in &mut mean {
+            *s /= (mh * mw) as f32;
+        }
+        let dir = args.heatmap.clone().unwrap_or_default();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        let mut name = stem.clone();
+        if !stems.insert(name.clone()) {
+            let ext = path
+                .extension()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name = format!("{stem}_{ext}");
+            let mut i = 2;
+            while !stems.insert(name.clone()) {
+                name = format!("{stem}_{ext}{i}");
+                i += 1;
+            }
+        }
+        let png = dir.join(format!("{name}_heatmap.png"));
+        let npy = dir.join(format!("{name}_heatmap.npy"));
+        let plane: Vec<f32> = acc.chunks_exact(k).map(|px| px[class]).collect();
+        write_overlay(&png, &img, &plane, (mh, mw), &OverlayOptions::default())
+            .map_err(|e| e.to_string())?;
+        write_npy(&npy, &acc, [mh, mw, k])?;
+        Ok((
+            mean,
+            hw,
+            Some(HeatmapOut {
+                png,
+                npy,
+                shape: [mh, mw, k],
+            }),
+        ))
+    }
+
+    /// Minimal `.npy` (version 1.0, little-endian float32, C order).
+    fn write_npy(path: &Path, data: &[f32], shape: [usize; 3]) -> Res<()> {
+        let dict = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}, {}), }}",
+            shape[0], shape[1], shape[2]
+        );
+        let total = 10 + dict.len() + 1;
+        let pad = (64 - total % 64) % 64;
+        let header_len = dict.len() + pad + 1;
+        let mut bytes = Vec::with_capacity(10 + header_len + data.len() * 4);
+        bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+        bytes.extend_from_slice(&(header_len as u16).to_le_bytes());
+        bytes.extend_from_slice(dict.as_bytes());
+        bytes.extend(std::iter::repeat_n(b' ', pad));
+        bytes.push(b'\n');
+        for v in data {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        onnx::write_atomic(path, &bytes).map_err(|e| e.to_string())
+    }
+
+    fn csv_field(s: &str) -> String {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    }
+
+    /// Writes to stdout, ignoring a closed pipe (`allconv predict ... | head`).
+    fn emit(s: &str) {
+        use std::io::Write;
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(s.as_bytes()).and_then(|_| o.flush());
+    }
+
+    macro_rules! outln {
+        ($buf:expr, $($t:tt)*) => {{
+            use std::fmt::Write as _;
+            let _ = writeln!($buf, $($t)*);
+        }};
+    }
+
+    fn fail(args: &PredictArgs, msg: &str) -> ExitCode {
+        if args.json {
+            emit(&format!("{}\n", json!({ "error": msg })));
+        }
+        eprintln!("error: {msg}");
+        ExitCode::FAILURE
+    }
+
+    pub fn main(args: PredictArgs) -> ExitCode {
+        let mut model = match load_model(&args) {
+            Ok(m) => m,
+            Err(e) => return fail(&args, &e),
+        };
+        let plan = match plan_preprocess(&args, &model) {
+            Ok(p) => p,
+            Err(e) => return fail(&args, &e),
+        };
+        if let Some(r) = &model.heatmap {
+            eprintln!(
+                "heatmap: removed {}, Dense {} applied per pixel ({} classes); overlay class {}",
+                r.removed_pool,
+                r.dense,
+                r.classes,
+                args.heatmap_class.unwrap_or(r.classes.saturating_sub(1))
+            );
+        }
+        let mut out = String::new();
+        let mut stems = HashSet::new();
+        let mut rows = Vec::new();
+        for path in &args.images {
+            let result = process(path, &mut model, &plan, &args, &mut stems);
+            if let Err(e) = &result {
+                eprintln!("error: {}: {e}", path.display());
+            }
+            rows.push(Row {
+                file: path.clone(),
+                result,
+            });
+        }
+        let failed = rows.iter().filter(|r| r.result.is_err()).count();
+        let classes = rows
+            .iter()
+            .find_map(|r| r.result.as_ref().ok().map(|(p, _, _)| p.len()))
+            .unwrap_or(0);
+        if args.json {
+            let arr: Vec<Value> = rows
+                .iter()
+                .map(|r| {
+                    let mut o = json!({
+                        "file": r.file.display().to_string(),
+                        "preprocess": plan.spec,
+                        "preprocess_source": plan.source,
+                        "tta": plan.tta,
+                    });
+                    match &r.result {
+                        Ok((p, hw, hm)) => {
+                            o["probabilities"] = json!(p);
+                            o["input_size"] = json!(hw);
+                            if let Some(h) = hm {
+                                o["heatmap"] = json!({
+                                    "png": h.png.display().to_string(),
+                                    "npy": h.npy.display().to_string(),
+                                    "shape": h.shape,
+                                });
+                            }
+                        }
+                        Err(e) => o["error"] = json!(e),
+                    }
+                    o
+                })
+                .collect();
+            match serde_json::to_string_pretty(&arr) {
+                Ok(s) => outln!(out, "{s}"),
+                Err(e) => return fail(&args, &e.to_string()),
+            }
+        } else if args.csv {
+            eprintln!(
+                "preprocess: {} [{}]; tta: {}",
+                plan.spec, plan.source, plan.tta
+            );
+            let mut head = vec!["file".to_string()];
+            head.extend((0..classes).map(|i| format!("p{i}")));
+            head.push("error".into());
+            outln!(out, "{}", head.join(","));
+            for r in &rows {
+                let mut f = vec![csv_field(&r.file.display().to_string())];
+                match &r.result {
+                    Ok((p, _, _)) => {
+                        f.extend(p.iter().map(|v| v.to_string()));
+                        f.push(String::new());
+                    }
+                    Err(e) => {
+                        f.extend((0..classes).map(|_| String::new()));
+                        f.push(csv_field(e));
+                    }
+                }
+                outln!(out, "{}", f.join(","));
+            }
+        } else {
+            outln!(out, "model:      {}", args.model.display());
+            outln!(out, "preprocess: {} [{}]", plan.spec, plan.source);
+            outln!(out, "tta:        {}", plan.tta);
+            let width = rows
+                .iter()
+                .map(|r| r.file.display().to_string().len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            let mut head = format!("{:<width$}", "file");
+            for i in 0..classes {
+                head.push_str(&format!("  {:>10}", format!("p{i}")));
+            }
+            outln!(out, "{head}");
+            for r in &rows {
+                let mut line = format!("{:<width$}", r.file.display().to_string());
+                match &r.result {
+                    Ok((p, _, hm)) => {
+                        for v in p {
+                            line.push_str(&format!("  {v:>10.6}"));
+                        }
+                        if let Some(h) = hm {
+                            line.push_str(&format!("  -> {}", h.png.display()));
+                        }
+                    }
+                    Err(e) => line.push_str(&format!("  error: {e}")),
+                }
+                outln!(out, "{line}");
+            }
+        }
+        emit(&out);
+        if failed > 0 {
+            eprintln!("{failed} of {} images failed", rows.len());
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+}
