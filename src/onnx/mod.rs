@@ -176,7 +176,8 @@ pub fn export(graph: &Graph, opts: &ExportOptions) -> Result<Exported> {
             format!("input_{i}")
         };
         let name = cx.b.fresh(&name);
-        let mut shape = inp.shape.clone();
+        // The inferred shape (with --input-size applied), not the declared one.
+        let mut shape = g.values[inp.value].shape.clone();
         let val = if wrapped {
             let (v, raw_shape) = wrap_input(&mut cx, inp, &name, &lay, opts)?;
             shape = raw_shape;

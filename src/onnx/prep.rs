@@ -1,9 +1,8 @@
 //! In-graph preprocessing (`--preprocess rescale=R,mean=M,gray`) and test-time
 //! augmentation (`--tta flips4`).
 //!
-//! The parser is local: `src/data/preprocess.rs`'s `Preprocess` also carries resizing
-//! and per-image `target_scale`, which are not pointwise and stay on the host; this
-//! type holds only what can run inside the graph and refuses the rest.
+//! The spec is parsed by `src/data/preprocess.rs` (`Preprocess`); resizing and the
+//! per-image `target_scale` are not pointwise and stay on the host, so they are refused.
 
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -47,39 +46,20 @@ impl InGraphPreprocess {
 impl FromStr for InGraphPreprocess {
     type Err = Error;
 
+    /// The `src/data` parser (`rescale=R,mean=M,gray`), keeping only the pointwise part.
     fn from_str(spec: &str) -> Result<Self> {
-        let err = |m: String| Error::Other(format!("--preprocess {spec:?}: {m}"));
-        let mut p = InGraphPreprocess::default();
-        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (k, v) = match item.split_once('=') {
-                Some((k, v)) => (k.trim(), Some(v.trim())),
-                None => (item, None),
-            };
-            let num = |v: &str| {
-                v.parse::<f32>()
-                    .ok()
-                    .filter(|x| x.is_finite())
-                    .ok_or_else(|| err(format!("{k}: {v:?} is not a finite number")))
-            };
-            match (k, v) {
-                ("gray" | "grey", None) => p.gray = true,
-                ("channels", Some("3")) => p.gray = true,
-                ("channels", Some("1")) => p.gray = false,
-                ("rescale", Some(v)) => p.rescale = num(v)?,
-                ("mean", Some(v)) => p.mean = num(v)?,
-                ("size" | "target_scale", _) => {
-                    return Err(err(format!(
-                        "{k} is not pointwise and cannot run in the graph; apply it on the host"
-                    )))
-                }
-                _ => {
-                    return Err(err(format!(
-                        "unknown item {item:?} (expected rescale=R, mean=M, gray)"
-                    )))
-                }
-            }
+        let p = crate::data::Preprocess::from_str(spec)
+            .map_err(|e| Error::Other(format!("--preprocess: {e}")))?;
+        if p.target.is_some() || p.target_scale.is_some() {
+            return Err(Error::Other(format!(
+                "--preprocess {spec:?}: size/target_scale are not pointwise and cannot run in the graph; apply them on the host"
+            )));
         }
-        Ok(p)
+        Ok(InGraphPreprocess {
+            rescale: p.rescale,
+            mean: p.mean,
+            gray: p.channels == 3,
+        })
     }
 }
 

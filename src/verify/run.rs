@@ -286,14 +286,14 @@ pub fn verify_onnx(
         file: model.to_path_buf(),
         message: e.to_string(),
     })?;
-    let (input, want, ref_label) = match reference {
+    let (inputs, want, ref_label) = match reference {
         Some(r) => {
-            let mut refs = read_npz(r)?;
-            let i = refs
-                .remove("input")
-                .ok_or_else(|| Error::Other(format!("{}: no `input`", r.display())))?;
+            let refs = read_npz(r)?;
+            let n_inputs = meta::parse_model(&bytes)?.graph.input.len();
+            let i = reference_inputs(&refs, n_inputs, r)?;
             let o = refs
-                .remove("output")
+                .get("output")
+                .cloned()
                 .ok_or_else(|| Error::Other(format!("{}: no `output`", r.display())))?;
             (i, o, r.display().to_string())
         }
@@ -309,11 +309,13 @@ pub fn verify_onnx(
                     model.display()
                 ))
             })?;
-            (i, o, format!("embedded test vectors ({src})"))
+            (vec![i], o, format!("embedded test vectors ({src})"))
         }
     };
-    let m = TractModel::load(&bytes, &input.shape, opts.threads)?;
-    let outs = m.run(&input.data)?;
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape.clone()).collect();
+    let data: Vec<&[f32]> = inputs.iter().map(|a| a.data.as_slice()).collect();
+    let m = TractModel::load_multi(&bytes, &shapes, opts.threads)?;
+    let outs = m.run_multi(&data)?;
     let o = outs
         .first()
         .ok_or_else(|| Error::Other("the model has no output".into()))?;
