@@ -19,6 +19,9 @@ struct Cli {
     command: Command,
 }
 
+/// A spatial size (HxW or L). An alias so clap's derive does not read `Vec` as "many values".
+type Size = Vec<usize>;
+
 #[derive(clap::Args, Clone)]
 struct ModelArgs {
     /// Keras .h5 file (full model, or weights-only with --config).
@@ -31,7 +34,7 @@ struct ModelArgs {
     source_backend: Option<String>,
     /// Fix the input's spatial size, e.g. 1152x896 (HxW) or 128 for 1-D models.
     #[arg(long, value_parser = parse_size)]
-    input_size: Option<Vec<usize>>,
+    input_size: Option<Size>,
 }
 
 impl ModelArgs {
@@ -56,6 +59,10 @@ enum Command {
     },
     /// Class probabilities for images (.onnx or .h5 model); --heatmap for patch classifiers.
     Predict(predict::PredictArgs),
+    /// Convert a Keras .h5 to ONNX (format from the output extension).
+    Convert(ConvertArgs),
+    /// Run a model (.h5 via ONNX in memory, or .onnx) with tract and compare to a reference.
+    Verify(VerifyArgs),
 }
 
 fn parse_size(s: &str) -> Result<Vec<usize>, String> {
@@ -90,6 +97,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Predict(args) => predict::main(args),
+        Command::Convert(args) => convert_cmd(args),
+        Command::Verify(args) => verify_cmd(args),
         Command::Inspect { model, json } => match read_model(&model.model, &model.options()) {
             Ok(g) => {
                 let r = InspectReport::new(&g);
@@ -105,5 +114,161 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(json, e),
         },
+    }
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output file (.onnx).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// ONNX opset (>= 13).
+    #[arg(long, default_value_t = allconv::onnx::DEFAULT_OPSET)]
+    opset: i64,
+    /// Fold BatchNormalization into the preceding convolution.
+    #[arg(long)]
+    fold_bn: bool,
+    /// The model takes NCHW instead of Keras's layout.
+    #[arg(long)]
+    nchw_input: bool,
+    /// In-graph preprocessing, e.g. rescale=0.003891,mean=52.18,gray.
+    #[arg(long)]
+    preprocess: Option<String>,
+    /// In-graph test-time augmentation: flips4.
+    #[arg(long)]
+    tta: Option<String>,
+    /// Genuine-Keras io.npz: its first item becomes the embedded test vector.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Threads for tract (test-vector run).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// io.npz with input, output and layer/* (required for .h5).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    #[arg(long, default_value = "tract", value_parser = ["tract"])]
+    backend: String,
+    /// Compare every layer/<path> activation present in the reference.
+    #[arg(long)]
+    per_layer: bool,
+    #[arg(long, default_value_t = allconv::verify::DEFAULT_ATOL)]
+    atol: f32,
+    #[arg(long, default_value_t = allconv::verify::DEFAULT_RTOL)]
+    rtol: f32,
+    #[arg(long)]
+    fold_bn: bool,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+fn print_report<T: serde::Serialize>(json: bool, r: &T, text: impl FnOnce() -> String) -> Result<(), String> {
+    if json {
+        let s = serde_json::to_string_pretty(r).map_err(|e| e.to_string())?;
+        println!("{s}");
+    } else {
+        print!("{}", text());
+    }
+    Ok(())
+}
+
+fn convert_cmd(a: ConvertArgs) -> ExitCode {
+    use allconv::onnx::{ExportOptions, InGraphPreprocess, Tta};
+    use allconv::verify::{convert, ConvertOptions};
+    let json = a.json;
+    match a.output.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => {}
+        _ => return fail(json, format!("{}: only .onnx output is supported", a.output.display())),
+    }
+    let preprocess = match a.preprocess.as_deref().map(str::parse::<InGraphPreprocess>).transpose() {
+        Ok(p) => p,
+        Err(e) => return fail(json, e),
+    };
+    let tta = match a.tta.as_deref().map(str::parse::<Tta>).transpose() {
+        Ok(t) => t,
+        Err(e) => return fail(json, e),
+    };
+    let opts = ConvertOptions {
+        read: a.model.options(),
+        export: ExportOptions {
+            opset: a.opset,
+            input_size: a.model.input_size.clone(),
+            nchw_input: a.nchw_input,
+            preprocess,
+            tta,
+            debug_outputs: false,
+        },
+        fold_bn: a.fold_bn,
+        reference: a.reference.clone(),
+        threads: a.threads,
+    };
+    match convert(&a.model.model, &a.output, &opts) {
+        Ok(r) => {
+            let text = || {
+                format!(
+                    "wrote {} ({} bytes, opset {}, {} nodes, {} initializers); test vectors: {}{}\n",
+                    r.output,
+                    r.bytes,
+                    r.opset,
+                    r.onnx_nodes,
+                    r.initializers,
+                    r.test_vector_source,
+                    r.reference_max_abs_err
+                        .map(|e| format!(" (tract vs reference: max abs err {e:.3e})"))
+                        .unwrap_or_default()
+                )
+            };
+            match print_report(json, &r, text) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(json, e),
+            }
+        }
+        Err(e) => fail(json, e),
+    }
+}
+
+fn verify_cmd(a: VerifyArgs) -> ExitCode {
+    use allconv::verify::{verify_h5, verify_onnx, VerifyOptions};
+    let json = a.json;
+    let opts = VerifyOptions {
+        atol: a.atol,
+        rtol: a.rtol,
+        per_layer: a.per_layer,
+        fold_bn: a.fold_bn,
+        threads: a.threads,
+        ..Default::default()
+    };
+    let is_onnx = a.model.model.extension().and_then(|e| e.to_str()) == Some("onnx");
+    let r = if is_onnx {
+        verify_onnx(&a.model.model, a.reference.as_deref(), &opts)
+    } else {
+        match &a.reference {
+            Some(r) => verify_h5(&a.model.model, &a.model.options(), r, &opts),
+            None => return fail(json, "verifying an .h5 needs --reference io.npz"),
+        }
+    };
+    match r {
+        Ok(r) => {
+            if let Err(e) = print_report(json, &r, || r.to_text()) {
+                return fail(json, e);
+            }
+            if r.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail(json, e),
     }
 }
