@@ -13,7 +13,8 @@ SHIM="$ROOT/converters/sitecustomize.py"
 
 legacy() {  # $1 = venv dir, $2 = keras version
   local v="$1" kv="$2"
-  if [ -x "$v/bin/python" ] && "$v/bin/python" -c "import keras, sys; sys.exit(keras.__version__ != '$kv')" >/dev/null 2>&1 </dev/null; then
+  if [ -x "$v/bin/python" ] && "$v/bin/python" -m pip show keras 2>/dev/null | grep -qx "Version: $kv" \
+     && "$v/bin/python" -c "import theano, h5py, scipy" >/dev/null 2>&1 </dev/null; then
     echo "$v: keras $kv already present"
     cp "$SHIM" "$("$v/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' </dev/null)/sitecustomize.py"
     return

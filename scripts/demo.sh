@@ -3,7 +3,7 @@
 # what it does with the genuine-Keras fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --no-python
+scripts/setup.sh
 cargo build --release --quiet
 bin=target/release/allconv
 

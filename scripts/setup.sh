@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing allconv needs on a fresh machine; idempotent.
 #  - a cmake binary (hdf5-metno's `static` feature builds HDF5 from source with it)
-#  - .venv-check: the Python side of the cross-checks (onnx checker, onnxruntime)
-# Genuine Keras (to regenerate fixtures) is separate: converters/setup.sh.
+#  - with --python (what scripts/test.sh asks for): the genuine frameworks of the
+#    cross-checks, made by converters/setup.sh: .venv-keras208 (Keras 2.0.8 + Theano),
+#    .venv-keras122 (Keras 1.2.2 + Theano), .venv-tf (TensorFlow 2.21, tf-keras, onnx,
+#    onnxruntime, OpenCV)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,10 +14,6 @@ if ! command -v cmake >/dev/null 2>&1; then
   hash -r
 fi
 
-if [ "${1:-}" != "--no-python" ]; then
-  if [ ! -x .venv-check/bin/python ] || ! .venv-check/bin/python -c "import onnx, onnxruntime, numpy" 2>/dev/null; then
-    echo "setup: creating .venv-check (numpy, onnx, onnxruntime)"
-    python3 -m venv .venv-check
-    .venv-check/bin/pip install -q --disable-pip-version-check "numpy<2.3" onnx onnxruntime
-  fi
+if [ "${1:-}" = "--python" ]; then
+  bash converters/setup.sh
 fi

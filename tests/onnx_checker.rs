@@ -33,6 +33,10 @@ fn importable(py: &str) -> bool {
 fn onnx_checker_and_onnxruntime_match_keras() {
     let py = python();
     if !importable(&py) {
+        assert!(
+            std::env::var("ALLCONV_REQUIRE_PYTHON").is_err(),
+            "ALLCONV_REQUIRE_PYTHON is set but `{py}` cannot import onnx and onnxruntime"
+        );
         eprintln!("\n\n!!!!! SKIPPED onnx_checker: `{py}` cannot import onnx and onnxruntime; run converters/setup.sh (creates .venv-tf) !!!!!\n");
         return;
     }
