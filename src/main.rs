@@ -121,7 +121,7 @@ fn main() -> ExitCode {
 struct ConvertArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Output file (.onnx).
+    /// Output file: .onnx, .h5 (Keras file in the source's dialect) or .safetensors.
     #[arg(short, long)]
     output: PathBuf,
     /// ONNX opset (>= 13).
@@ -183,13 +183,41 @@ fn print_report<T: serde::Serialize>(json: bool, r: &T, text: impl FnOnce() -> S
     Ok(())
 }
 
+/// `convert -o OUT.h5` (Keras full-model file, allconv::keras::writer) or
+/// `-o OUT.safetensors` (graph.params): the weights as read, no ONNX options.
+fn write_keras_cmd(a: &ConvertArgs, h5: bool) -> ExitCode {
+    if a.fold_bn || a.preprocess.is_some() || a.tta.is_some() || a.nchw_input {
+        return fail(a.json, "--fold-bn, --preprocess, --tta and --nchw-input apply to .onnx output only");
+    }
+    let result = read_model(&a.model.model, &a.model.options()).and_then(|g| {
+        if h5 {
+            allconv::keras::writer::write_h5_from_graph(&g, &a.output)
+        } else {
+            allconv::safetensors::write_safetensors(&g, &a.output)
+        }
+        .map(|()| g.params.len())
+    });
+    match result {
+        Ok(n) => {
+            if a.json {
+                println!("{}", serde_json::json!({"output": a.output.display().to_string(), "tensors": n}));
+            } else {
+                println!("wrote {} ({n} tensors)", a.output.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(a.json, e),
+    }
+}
+
 fn convert_cmd(a: ConvertArgs) -> ExitCode {
     use allconv::onnx::{ExportOptions, InGraphPreprocess, Tta};
     use allconv::verify::{convert, ConvertOptions};
     let json = a.json;
     match a.output.extension().and_then(|e| e.to_str()) {
         Some("onnx") => {}
-        _ => return fail(json, format!("{}: only .onnx output is supported", a.output.display())),
+        Some(ext @ ("h5" | "safetensors")) => return write_keras_cmd(&a, ext == "h5"),
+        _ => return fail(json, format!("{}: output must be .onnx, .h5 or .safetensors", a.output.display())),
     }
     let preprocess = match a.preprocess.as_deref().map(str::parse::<InGraphPreprocess>).transpose() {
         Ok(p) => p,

@@ -103,6 +103,7 @@ pub struct Source {
     pub dialect: String,
     pub model_class: String,
     pub warnings: Vec<String>,
+    #[serde(skip)] pub model_config: Option<String>, // the model_config JSON text as read, for the .h5 writer
 }
 
 #[derive(Debug, Clone, Default)]

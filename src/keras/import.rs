@@ -147,6 +147,7 @@ pub fn read_model(path: &Path, opts: &ReadOptions) -> Result<Graph> {
         dialect,
         model_class: model.class.clone(),
         warnings: b.warnings,
+        model_config: Some(config_text),
     };
     graph
         .infer_shapes(opts.input_size.as_deref())

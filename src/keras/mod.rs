@@ -5,5 +5,6 @@ pub mod h5;
 pub mod import;
 pub mod layers;
 pub mod weights;
+pub mod writer;
 
 pub use import::{read_model, ReadOptions};
