@@ -1,6 +1,8 @@
 //! allconv: legacy Keras `.h5` models (Shen et al., end2end-all-conv) read into one IR,
 //! checked against genuine Keras, and lowered to ONNX / tract / libtorch.
 
+#[cfg(feature = "runtime")]
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod ir;

@@ -63,6 +63,88 @@ enum Command {
     Convert(ConvertArgs),
     /// Run a model (.h5 via ONNX in memory, or .onnx) with tract and compare to a reference.
     Verify(VerifyArgs),
+    /// Measure (never assert) conversion time, tract latency and peak memory.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time .h5 -> .onnx on disk (median of --repeats).
+    Convert {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time tract on an .onnx at a fixed input shape, e.g. --shape 1x1152x896x3.
+    Run {
+        onnx: PathBuf,
+        #[arg(long, value_parser = parse_size)]
+        shape: Size,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn bench_cmd(cmd: BenchCmd) -> ExitCode {
+    use allconv::bench::{bench_convert, bench_run};
+    use allconv::onnx::ExportOptions;
+    let (json, result) = match cmd {
+        BenchCmd::Convert {
+            model,
+            output,
+            repeats,
+            json,
+        } => {
+            let export = ExportOptions {
+                input_size: model.input_size.clone(),
+                ..Default::default()
+            };
+            let r =
+                bench_convert(&model.model, &model.options(), &export, &output, repeats).map(|r| {
+                    let text = format!(
+                        "convert {}: {:.3} s (median of {}), {} bytes, peak {:.0} MiB\n",
+                        r.model, r.convert_s, r.repeats, r.onnx_bytes, r.peak_mb
+                    );
+                    (serde_json::to_value(&r), text)
+                });
+            (json, r)
+        }
+        BenchCmd::Run {
+            onnx,
+            shape,
+            threads,
+            runs,
+            json,
+        } => {
+            let r = bench_run(&onnx, &shape, threads, runs).map(|r| {
+                let text = format!("tract {} {:?}, {} threads: {:.1} ms (median of {}), load {:.2} s, peak {:.0} MiB\n", r.model, r.input_shape, r.threads, r.latency_ms, r.runs, r.load_s, r.peak_mb);
+                (serde_json::to_value(&r), text)
+            });
+            (json, r)
+        }
+    };
+    match result {
+        Ok((Ok(v), text)) => {
+            if json {
+                println!("{v}");
+            } else {
+                print!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((Err(e), _)) => fail(json, e),
+        Err(e) => fail(json, e),
+    }
 }
 
 fn parse_size(s: &str) -> Result<Vec<usize>, String> {
@@ -99,6 +181,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::main(args),
         Command::Convert(args) => convert_cmd(args),
         Command::Verify(args) => verify_cmd(args),
+        Command::Bench(cmd) => bench_cmd(cmd),
         Command::Inspect { model, json } => match read_model(&model.model, &model.options()) {
             Ok(g) => {
                 let r = InspectReport::new(&g);
@@ -173,7 +256,11 @@ struct VerifyArgs {
     json: bool,
 }
 
-fn print_report<T: serde::Serialize>(json: bool, r: &T, text: impl FnOnce() -> String) -> Result<(), String> {
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    r: &T,
+    text: impl FnOnce() -> String,
+) -> Result<(), String> {
     if json {
         let s = serde_json::to_string_pretty(r).map_err(|e| e.to_string())?;
         println!("{s}");
@@ -187,7 +274,10 @@ fn print_report<T: serde::Serialize>(json: bool, r: &T, text: impl FnOnce() -> S
 /// `-o OUT.safetensors` (graph.params): the weights as read, no ONNX options.
 fn write_keras_cmd(a: &ConvertArgs, h5: bool) -> ExitCode {
     if a.fold_bn || a.preprocess.is_some() || a.tta.is_some() || a.nchw_input {
-        return fail(a.json, "--fold-bn, --preprocess, --tta and --nchw-input apply to .onnx output only");
+        return fail(
+            a.json,
+            "--fold-bn, --preprocess, --tta and --nchw-input apply to .onnx output only",
+        );
     }
     let result = read_model(&a.model.model, &a.model.options()).and_then(|g| {
         if h5 {
@@ -200,7 +290,10 @@ fn write_keras_cmd(a: &ConvertArgs, h5: bool) -> ExitCode {
     match result {
         Ok(n) => {
             if a.json {
-                println!("{}", serde_json::json!({"output": a.output.display().to_string(), "tensors": n}));
+                println!(
+                    "{}",
+                    serde_json::json!({"output": a.output.display().to_string(), "tensors": n})
+                );
             } else {
                 println!("wrote {} ({n} tensors)", a.output.display());
             }
@@ -217,9 +310,22 @@ fn convert_cmd(a: ConvertArgs) -> ExitCode {
     match a.output.extension().and_then(|e| e.to_str()) {
         Some("onnx") => {}
         Some(ext @ ("h5" | "safetensors")) => return write_keras_cmd(&a, ext == "h5"),
-        _ => return fail(json, format!("{}: output must be .onnx, .h5 or .safetensors", a.output.display())),
+        _ => {
+            return fail(
+                json,
+                format!(
+                    "{}: output must be .onnx, .h5 or .safetensors",
+                    a.output.display()
+                ),
+            )
+        }
     }
-    let preprocess = match a.preprocess.as_deref().map(str::parse::<InGraphPreprocess>).transpose() {
+    let preprocess = match a
+        .preprocess
+        .as_deref()
+        .map(str::parse::<InGraphPreprocess>)
+        .transpose()
+    {
         Ok(p) => p,
         Err(e) => return fail(json, e),
     };

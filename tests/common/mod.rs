@@ -54,6 +54,9 @@ pub fn read_options(dir: &Path) -> (PathBuf, allconv::keras::ReadOptions) {
 /// A missing genuine framework skips a cross-check locally, but fails it where the test
 /// command installed the frameworks (scripts/test.sh sets ALLCONV_REQUIRE_PYTHON=1).
 pub fn skip_or_fail(what: &str) {
-    assert!(std::env::var("ALLCONV_REQUIRE_PYTHON").is_err(), "ALLCONV_REQUIRE_PYTHON is set but {what}");
+    assert!(
+        std::env::var("ALLCONV_REQUIRE_PYTHON").is_err(),
+        "ALLCONV_REQUIRE_PYTHON is set but {what}"
+    );
     eprintln!("\n!!!!! SKIPPED: {what} !!!!!\n");
 }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The benchmark of the README (a measurement, not a test): the full-width Keras 2.0.8
+# ResNet50 whole-image model ([512-512-1024]x2 top, TensorFlow-backend file like the
+# published checkpoint) at 1152x896, made by converters/ (Keras 2.0.8 writes it; about
+# 15 min on 2 cores the first time). Each runtime runs in its own process, same input
+# shape, same thread count; peak memory is each process's peak RSS.
+#   scripts/bench.sh [THREADS] [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=${1:-2}; runs=${2:-5}
+scripts/setup.sh --python
+.venv-tf/bin/python -c "import tf2onnx" 2>/dev/null || .venv-tf/bin/pip install -q tf2onnx
+model=build/bench/k208_full_resnet50_whole_resnet_tf.h5
+[ -f "$model" ] || bash converters/make_all.sh --bench
+cargo build --release --quiet
+bin=target/release/allconv
+out=bench-out; mkdir -p "$out"
+size=1152x896; shape=1x1152x896x3
+py=.venv-tf/bin/python
+
+echo "bench: allconv convert"; $bin bench convert "$model" --input-size $size -o "$out/allconv.onnx" --repeats 3 --json > "$out/allconv_convert.json"
+echo "bench: tf2onnx convert"; $py converters/bench_peers.py tf2onnx "$model" "$out/tf2onnx.onnx" $size 2>/dev/null | tail -1 > "$out/tf2onnx_convert.json"
+echo "bench: tract";       $bin bench run "$out/allconv.onnx" --shape $shape --threads "$threads" --runs "$runs" --json > "$out/tract_run.json"
+echo "bench: onnxruntime"; $py converters/bench_peers.py ort "$out/allconv.onnx" $size "$threads" "$runs" 2>/dev/null | tail -1 > "$out/ort_run.json"
+echo "bench: tensorflow";  $py converters/bench_peers.py tf "$model" $size "$threads" "$runs" 2>/dev/null | tail -1 > "$out/tf_run.json"
+
+python3 - "$out" "$threads" "$runs" <<'PY'
+import json, os, platform, sys
+d, threads, runs = sys.argv[1], sys.argv[2], sys.argv[3]
+j = lambda n: json.load(open(os.path.join(d, n)))
+ac, tc, tr, orr, tfr = j("allconv_convert.json"), j("tf2onnx_convert.json"), j("tract_run.json"), j("ort_run.json"), j("tf_run.json")
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+rows = [
+ "| measure | allconv | peer | ratio (allconv / peer) |",
+ "|---|---|---|---|",
+ f"| conversion .h5 -> .onnx (s) | {ac['convert_s']:.2f} | tf2onnx {tc['convert_s']:.2f} | {ac['convert_s']/tc['convert_s']:.3f} ({tc['convert_s']/ac['convert_s']:.0f}x faster) |",
+ f"| latency, batch 1 (ms) | tract {tr['latency_ms']:.0f} | onnxruntime {orr['latency_ms']:.0f} | {tr['latency_ms']/orr['latency_ms']:.2f} |",
+ f"| latency, batch 1 (ms) | tract {tr['latency_ms']:.0f} | TensorFlow {tfr['latency_ms']:.0f} | {tr['latency_ms']/tfr['latency_ms']:.2f} |",
+ f"| peak memory (MiB) | tract {tr['peak_mb']:.0f} | onnxruntime {orr['peak_mb']:.0f} | {tr['peak_mb']/orr['peak_mb']:.2f} |",
+ f"| peak memory (MiB) | tract {tr['peak_mb']:.0f} | TensorFlow {tfr['peak_mb']:.0f} | {tr['peak_mb']/tfr['peak_mb']:.2f} |",
+]
+head = f"ResNet50 + [512-512-1024]x2 whole-image model (full width, {ac['onnx_bytes']/1e6:.0f} MB ONNX), 1x1152x896x3, {threads} threads, median of {runs} runs; {cpu}; {tc['peer']}, {orr['peer']}, {tfr['peer']}."
+text = head + "\n\n" + "\n".join(rows) + "\n"
+open(os.path.join(d, "table.md"), "w").write(text)
+print(text)
+PY

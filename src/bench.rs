@@ -1,0 +1,125 @@
+//! `allconv bench`: the measurements behind the README's benchmark table. Each half runs
+//! in its own process (scripts/bench.sh) so that its peak memory is its own, like the
+//! Python peers in converters/bench_peers.py. Timings are reported, never asserted.
+
+use crate::error::{Error, Result};
+use crate::keras::{read_model, ReadOptions};
+use crate::onnx::{export, write_atomic, ExportOptions};
+use crate::runtime::TractModel;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Debug, Serialize)]
+pub struct ConvertBench {
+    pub model: String,
+    /// Median over `repeats` of read .h5 + build IR + export + write .onnx.
+    pub convert_s: f64,
+    pub repeats: usize,
+    pub onnx_bytes: usize,
+    pub peak_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunBench {
+    pub model: String,
+    pub input_shape: Vec<usize>,
+    pub threads: usize,
+    /// Load + optimize + make runnable.
+    pub load_s: f64,
+    /// Median of `runs` after one warm-up run.
+    pub latency_ms: f64,
+    pub runs: usize,
+    pub peak_mb: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB; 0 where /proc is missing.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Time the whole conversion, .h5 to .onnx on disk, `repeats` times.
+pub fn bench_convert(
+    h5: &Path,
+    read: &ReadOptions,
+    export_opts: &ExportOptions,
+    out: &Path,
+    repeats: usize,
+) -> Result<ConvertBench> {
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        let graph = read_model(h5, read)?;
+        let onnx = export(&graph, export_opts)?.to_bytes()?;
+        write_atomic(out, &onnx)?;
+        times.push(t.elapsed().as_secs_f64());
+        bytes = onnx.len();
+    }
+    Ok(ConvertBench {
+        model: h5.display().to_string(),
+        convert_s: median(times),
+        repeats: repeats.max(1),
+        onnx_bytes: bytes,
+        peak_mb: peak_rss_mb(),
+    })
+}
+
+/// Load an .onnx into tract at `input_shape` (NHWC, batch first) and time `runs` runs on a
+/// deterministic input.
+pub fn bench_run(
+    onnx: &Path,
+    input_shape: &[usize],
+    threads: usize,
+    runs: usize,
+) -> Result<RunBench> {
+    let bytes = std::fs::read(onnx).map_err(|e| Error::Io {
+        file: onnx.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let t = Instant::now();
+    let model = TractModel::load(&bytes, input_shape, threads)?;
+    let load_s = t.elapsed().as_secs_f64();
+    drop(bytes);
+    let n: usize = input_shape.iter().product();
+    // The same pseudo-random stream for every run (a fixed LCG: no dependency).
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let input: Vec<f32> = (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    model.run(&input)?;
+    let mut times = Vec::new();
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        model.run(&input)?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(RunBench {
+        model: onnx.display().to_string(),
+        input_shape: input_shape.to_vec(),
+        threads,
+        load_s,
+        latency_ms: median(times),
+        runs: runs.max(1),
+        peak_mb: peak_rss_mb(),
+    })
+}
