@@ -12,6 +12,8 @@
 #
 #   scripts/libtorch.sh          CPU (default)
 #   scripts/libtorch.sh --cuda   also every nvidia-* dependency (Device::Cuda(0) on a GPU machine)
+#                                then build with ALLCONV_TORCH_CUDA=1 so build.rs keeps libtorch_cuda.so
+#                                (otherwise dropped by --as-needed: Cuda::is_available() would be false)
 #
 # .cargo/config.toml sets LIBTORCH=.venv-torch/libtorch (a symlink made here) for every cargo
 # command, so nothing needs exporting; the script still prints the export line for other shells:
@@ -20,7 +22,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="$(pwd)/.venv-torch"
 VERSION=2.11.0
-CUDA_TOOLKIT=13.0.2 # torch 2.11.0's pin: cuda-toolkit[...]==13.0.2
+CUDA_TOOLKIT=13.0.2 # torch 2.11.0 pins cuda-toolkit[...]==13.0.2, whose cudart/cupti extras are:
+CUDART=13.0.96
+CUPTI=13.0.85
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "libtorch: creating $VENV" >&2
@@ -36,12 +40,12 @@ if [ -f "$TD/version.py" ]; then
   have="$(sed -n "s/^__version__ = '\([^+']*\).*/\1/p" "$TD/version.py")"
 fi
 if [ "$have" != "$VERSION" ] || [ ! -f "$TD/lib/libtorch_cpu.so" ]; then
-  echo "libtorch: installing torch==$VERSION --no-deps into $VENV (~900 MB download)" >&2
+  echo "libtorch: installing torch==$VERSION --no-deps into $VENV (a 531 MB wheel, 1.2 GB installed)" >&2
   pip_i --no-deps "torch==$VERSION"
 fi
 if [ ! -f "$SP/nvidia/cu13/lib/libcudart.so.13" ] || [ ! -f "$SP/nvidia/cu13/lib/libcupti.so.13" ]; then
-  echo "libtorch: installing cuda-toolkit[cudart,cupti]==$CUDA_TOOLKIT (libs libtorch_cpu.so needs)" >&2
-  pip_i "cuda-toolkit[cudart,cupti]==$CUDA_TOOLKIT"
+  echo "libtorch: installing libcudart/libcupti 13 (cuda-toolkit $CUDA_TOOLKIT), which libtorch_cpu.so NEEDs" >&2
+  pip_i --no-deps "nvidia-cuda-runtime==$CUDART" "nvidia-cuda-cupti==$CUPTI"
 fi
 if [ "${1:-}" = "--cuda" ]; then
   echo "libtorch: installing all torch==$VERSION dependencies (nvidia-* CUDA wheels, ~3 GB)" >&2

@@ -1,0 +1,481 @@
+//! libtorch backend through `tch`: the IR run op by op, with Keras semantics.
+//!
+//! * Layout: every value carries its physical layout (`lay[i]` = the Keras axis, batch
+//!   included, stored at physical axis `i`), as in the ONNX lowering. Spatial ops want
+//!   channels-first (N, C, spatial...); a `channels_last` input is permuted once at the
+//!   input and stays channels-first through convs, pools and BatchNorm. Ops defined on
+//!   the Keras layout (Flatten, Reshape, Permute, RepeatVector) get a Keras-layout view.
+//!   Every output (and every tensor of [`TorchModel::forward_all`]) is in Keras layout.
+//! * `padding="same"` follows the backend that produced the model ([`SameRule`], the same
+//!   rule as `onnx::lower::SameRule`, so tch, ONNX and tract agree): TensorFlow's
+//!   asymmetric padding (odd pixel bottom/right) is applied explicitly with `pad` before
+//!   the conv/pool; max pooling pads with -inf; TF average pooling divides by the real
+//!   pixels only (Keras 2 on Theano: by the whole window).
+//! * BatchNorm uses the moving statistics in eval mode; in training mode (`train=true`)
+//!   it uses batch statistics and updates them with torch momentum `1 - keras_momentum`.
+//!
+//! Weights live in an [`nn::VarStore`] (frozen: no gradients). Variable names are
+//! [`var_name`]`(layer, slot)`: the Keras layer path split on `/` into VarStore path
+//! components, each component escaped (`%` -> `%25`, `.` -> `%2E`; tch forbids `.` inside a
+//! component), then the slot: `model_1/conv1` + `kernel` -> `model_1.conv1.kernel`;
+//! [`parse_var_name`] inverts it. Tensors are stored in torch layout:
+//!
+//! | op | slot | VarStore layout |
+//! |----|------|-----------------|
+//! | Conv (1-D/2-D) | `kernel` | (out, in, spatial...) |
+//! | DepthwiseConv | `depthwise_kernel` | (in*mult, 1, spatial...) (grouped conv) |
+//! | SeparableConv | `pointwise_kernel` | (out, in*mult, 1, 1) |
+//! | Dense | `kernel` | (units, in), as `nn::Linear` |
+//! | BatchNorm | `gamma`, `beta`, `moving_mean`, `moving_variance` | (C,) |
+//! | PReLU | `alpha` | Keras layout (without batch) |
+//! | all | `bias` | (out,) |
+
+mod ops;
+pub mod verify;
+
+pub use verify::*;
+
+use crate::error::{Error, Result};
+use crate::ir::{DataFormat, Graph, Producer, Source};
+use crate::layout;
+use std::collections::HashMap;
+use tch::{nn, Device, Kind, Tensor};
+
+pub use tch;
+
+pub(crate) fn terr(what: &str) -> impl Fn(tch::TchError) -> Error + '_ {
+    move |e| Error::Other(format!("tch: {what}: {e}"))
+}
+
+/// How `padding="same"` was computed by the backend that produced the model (mirrors
+/// `onnx::lower::SameRule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameRule {
+    /// total = max((ceil(n/s)-1)*s + k_eff - n, 0), the odd pixel bottom/right; average
+    /// pooling divides by real pixels only.
+    TensorFlow,
+    /// Theano: convs pad `k_eff//2` before, pools `k-2` (odd k > 2) or `k-1` before, and
+    /// the rest up to `k_eff-1` after (the windows Keras keeps after cropping to ceil(n/s)).
+    /// `avg_include_pad`: Keras 2 on Theano divides `same` average pools by the window.
+    Theano { avg_include_pad: bool },
+}
+
+impl SameRule {
+    /// From the graph's recorded source (backend and Keras version).
+    pub fn for_source(src: &Source) -> SameRule {
+        match src.backend.as_deref() {
+            Some("theano") => SameRule::Theano {
+                avg_include_pad: !src
+                    .keras_version
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with('1')),
+            },
+            _ => SameRule::TensorFlow,
+        }
+    }
+}
+
+/// Sampling grid of bilinear UpSampling (mirrors the ONNX lowering's `bilinear_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BilinearMode {
+    /// Keras >= 2.4 / tf.keras: `src = (o + 0.5) / s - 0.5`.
+    HalfPixel,
+    /// Older Keras (`resize_images` without half-pixel centers): `src = o / s`.
+    Asymmetric,
+}
+
+impl BilinearMode {
+    pub fn for_source(src: &Source) -> BilinearMode {
+        match src.keras_version.as_deref() {
+            Some(v) if v.ends_with("-tf") => BilinearMode::HalfPixel,
+            Some(v) => {
+                let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+                let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+                if (a, b) >= (2, 4) {
+                    BilinearMode::HalfPixel
+                } else {
+                    BilinearMode::Asymmetric
+                }
+            }
+            None => BilinearMode::Asymmetric,
+        }
+    }
+}
+
+fn escape_component(c: &str) -> String {
+    let mut s = String::with_capacity(c.len());
+    for ch in c.chars() {
+        match ch {
+            '%' => s.push_str("%25"),
+            '.' => s.push_str("%2E"),
+            _ => s.push(ch),
+        }
+    }
+    s
+}
+
+fn unescape_component(c: &str) -> Option<String> {
+    let mut s = String::with_capacity(c.len());
+    let mut rest = c;
+    while let Some(i) = rest.find('%') {
+        s.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 3)?;
+        s.push(match code {
+            "25" => '%',
+            "2E" => '.',
+            _ => return None,
+        });
+        rest = &rest[i + 3..];
+    }
+    s.push_str(rest);
+    Some(s)
+}
+
+fn components(layer: &str) -> Vec<String> {
+    layer.split('/').map(escape_component).collect()
+}
+
+/// VarStore name of the weight `slot` of Keras layer `layer`: the layer path's `/`
+/// components and the slot, each escaped (`%` -> `%25`, `.` -> `%2E`), joined by `.`.
+pub fn var_name(layer: &str, slot: &str) -> String {
+    let mut c = components(layer);
+    c.push(escape_component(slot));
+    c.join(".")
+}
+
+/// Inverse of [`var_name`]: `(layer path, slot)`.
+pub fn parse_var_name(name: &str) -> Option<(String, String)> {
+    let mut parts: Vec<String> = name
+        .split('.')
+        .map(unescape_component)
+        .collect::<Option<_>>()?;
+    let slot = parts.pop()?;
+    if parts.is_empty() {
+        return None;
+    }
+    Some((parts.join("/"), slot))
+}
+
+/// Parse a device name: `cpu`, `cuda` (= `cuda:0`), `cuda:N`, or `auto`
+/// (`Device::cuda_if_available()`).
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => Ok(Device::Cuda(0)),
+        "auto" => Ok(Device::cuda_if_available()),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(Device::Cuda(i)),
+            _ => Err(Error::Other(format!(
+                "unknown device {s:?}: cpu, cuda, cuda:N or auto"
+            ))),
+        },
+    }
+}
+
+/// A tensor and its physical layout (see the module docs).
+pub(crate) struct Val {
+    pub t: Tensor,
+    pub lay: Vec<usize>,
+}
+
+/// An IR graph ready to run on libtorch.
+pub struct TorchModel {
+    pub vs: nn::VarStore,
+    pub graph: Graph,
+    pub same: SameRule,
+    pub bilinear: BilinearMode,
+    /// Compute precision (`Kind::Float` unless changed with [`TorchModel::with_kind`]).
+    pub kind: Kind,
+    /// Variable name -> tensor (shallow clones of the VarStore's variables).
+    weights: HashMap<String, Tensor>,
+}
+
+/// A row-major f32 tensor copied out of libtorch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Copy a tensor to the host as f32, row-major.
+pub fn to_host(t: &Tensor) -> Result<HostTensor> {
+    let t = t
+        .f_to(Device::Cpu)
+        .and_then(|t| t.f_to_kind(Kind::Float))
+        .and_then(|t| t.f_contiguous())
+        .map_err(terr("copying to the host"))?;
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let n = t.numel();
+    let mut data = vec![0f32; n];
+    t.f_copy_data(&mut data, n)
+        .map_err(terr("copying to the host"))?;
+    Ok(HostTensor { shape, data })
+}
+
+/// A host f32 buffer as a tensor of `shape` on `device`.
+pub fn from_host(shape: &[usize], data: &[f32], device: Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    if n != data.len() {
+        return Err(Error::Other(format!(
+            "shape {shape:?} needs {n} values, got {}",
+            data.len()
+        )));
+    }
+    let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    Tensor::f_from_slice(data)
+        .and_then(|t| t.f_reshape(dims.as_slice()))
+        .and_then(|t| t.f_to(device))
+        .map_err(terr("building a tensor"))
+}
+
+fn ir_to_tch(t: &crate::ir::Tensor) -> Result<Tensor> {
+    from_host(&t.shape, &t.data, Device::Cpu)
+}
+
+impl TorchModel {
+    /// Load the graph's weights into a frozen VarStore on `device`.
+    pub fn new(graph: &Graph, device: Device) -> Result<TorchModel> {
+        let mut vs = nn::VarStore::new(device);
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        for n in &graph.nodes {
+            for slot in n.op.weight_slots() {
+                let name = var_name(&n.layer, slot);
+                if seen.contains_key(&name) {
+                    continue; // shared layer: one set of weights
+                }
+                let key = n.param_key(slot);
+                let p = graph.params.get(&key).ok_or_else(|| {
+                    Error::graph(format!("node {}: missing parameter {key}", n.name))
+                })?;
+                let torch_layout = ops::to_torch_layout(&n.op, slot, p)?;
+                let t = ir_to_tch(&torch_layout)?;
+                let mut path = vs.root();
+                for c in components(&n.layer) {
+                    path = path.sub(c);
+                }
+                let _var = path
+                    .f_var_copy(&escape_component(slot), &t)
+                    .map_err(terr(&format!("loading {key}")))?;
+                seen.insert(name, ());
+            }
+        }
+        vs.freeze();
+        let weights = vs.variables();
+        Ok(TorchModel {
+            vs,
+            graph: graph.clone(),
+            same: SameRule::for_source(&graph.source),
+            bilinear: BilinearMode::for_source(&graph.source),
+            kind: Kind::Float,
+            weights,
+        })
+    }
+
+    /// Override the `same`-padding rule (e.g. run a Theano-saved model with TensorFlow's
+    /// padding, as tf-keras would).
+    pub fn with_same_rule(mut self, rule: SameRule) -> TorchModel {
+        self.same = rule;
+        self
+    }
+
+    /// Run in another precision (`Kind::Double` for a float64 reference, `Kind::Half`
+    /// on a GPU): converts the VarStore; inputs are converted on the way in.
+    pub fn with_kind(mut self, kind: Kind) -> TorchModel {
+        self.vs.set_kind(kind);
+        self.weights = self.vs.variables();
+        self.kind = kind;
+        self
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub(crate) fn weight(&self, layer: &str, slot: &str) -> Result<&Tensor> {
+        let name = var_name(layer, slot);
+        self.weights.get(&name).ok_or_else(|| {
+            Error::graph(format!("layer {layer}: no variable {name} in the VarStore"))
+        })
+    }
+
+    /// The first output for one input (Keras layout in and out, batch included).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_outputs(std::slice::from_ref(x), train)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Other("the model has no output".into()))
+    }
+
+    /// Every graph output, Keras layout, for one tensor per graph input.
+    pub fn forward_outputs(&self, inputs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
+        let vals = self.execute(inputs, train, false)?;
+        self.graph
+            .outputs
+            .iter()
+            .map(|&o| match &vals[o] {
+                Some(v) => keras_layout(v),
+                None => Err(Error::graph(format!(
+                    "output {} was not computed",
+                    self.graph.values[o].name
+                ))),
+            })
+            .collect()
+    }
+
+    /// Every node's output (inference mode), in node order and Keras layout.
+    pub fn forward_all(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        self.forward_all_inputs(std::slice::from_ref(x))
+    }
+
+    /// [`TorchModel::forward_all`] for one tensor per graph input.
+    pub fn forward_all_inputs(&self, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
+        let vals = self.execute(inputs, false, true)?;
+        self.graph
+            .nodes
+            .iter()
+            .map(|n| match &vals[n.output] {
+                Some(v) => Ok((n.name.clone(), keras_layout(v)?)),
+                None => Err(Error::graph(format!("node {} was not computed", n.name))),
+            })
+            .collect()
+    }
+
+    /// Every value (inputs included) in Keras layout, indexed by `ValueId`, for one
+    /// tensor per graph input (inference mode).
+    pub fn forward_values(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let vals = self.execute(inputs, false, true)?;
+        vals.iter()
+            .map(|v| v.as_ref().map(keras_layout).transpose())
+            .collect()
+    }
+
+    /// Convenience: host data in (Keras layout, batch included), host outputs out.
+    pub fn run_host(&self, shape: &[usize], data: &[f32]) -> Result<Vec<HostTensor>> {
+        let x = from_host(shape, data, self.device())?;
+        self.forward_outputs(&[x], false)?
+            .iter()
+            .map(to_host)
+            .collect()
+    }
+
+    /// Run the graph; keeps every value when `keep_all`, else frees each value after its
+    /// last use.
+    pub(crate) fn execute(
+        &self,
+        inputs: &[Tensor],
+        train: bool,
+        keep_all: bool,
+    ) -> Result<Vec<Option<Val>>> {
+        let g = &self.graph;
+        if inputs.len() != g.inputs.len() {
+            return Err(Error::Other(format!(
+                "the model has {} input(s), got {}",
+                g.inputs.len(),
+                inputs.len()
+            )));
+        }
+        let _guard = tch::no_grad_guard();
+        let mut vals: Vec<Option<Val>> = (0..g.values.len()).map(|_| None).collect();
+        for (inp, x) in g.inputs.iter().zip(inputs) {
+            let rank = inp.shape.len() + 1;
+            if x.dim() != rank {
+                return Err(Error::Other(format!(
+                    "input {}: expected rank {rank} (batch + {:?}), got shape {:?}",
+                    inp.name,
+                    inp.shape,
+                    x.size()
+                )));
+            }
+            let x = x
+                .f_to(self.device())
+                .and_then(|t| t.f_to_kind(self.kind))
+                .map_err(terr("moving the input"))?;
+            let lay =
+                layout::channels_first_layout(rank, inp.data_format == DataFormat::ChannelsLast);
+            let t = permute_to(&x, &layout::identity_perm(rank), &lay)?
+                .f_contiguous()
+                .map_err(terr("input layout"))?;
+            vals[inp.value] = Some(Val { t, lay });
+        }
+        // Remaining uses of each value, to free activations early.
+        let mut uses = vec![0usize; g.values.len()];
+        for n in &g.nodes {
+            for &v in &n.inputs {
+                uses[v] += 1;
+            }
+        }
+        for &o in &g.outputs {
+            uses[o] += 1;
+        }
+        for n in &g.nodes {
+            let out = ops::run_node(self, &vals, n, train).map_err(|e| match e {
+                Error::Graph(m) if !m.contains(&n.name) => {
+                    Error::graph(format!("node {} ({}): {m}", n.name, n.class))
+                }
+                Error::Other(m) => Error::Other(format!("node {} ({}): {m}", n.name, n.class)),
+                e => e,
+            })?;
+            vals[n.output] = Some(out);
+            if !keep_all {
+                for &v in &n.inputs {
+                    uses[v] -= 1;
+                    if uses[v] == 0 && matches!(g.values[v].producer, Producer::Node(_)) {
+                        vals[v] = None;
+                    }
+                }
+            }
+        }
+        Ok(vals)
+    }
+}
+
+/// Permute a tensor stored as `from` to `to` (a view; no copy when they agree).
+pub(crate) fn permute_to(t: &Tensor, from: &[usize], to: &[usize]) -> Result<Tensor> {
+    match layout::transpose_between(from, to) {
+        None => Ok(t.shallow_clone()),
+        Some(p) => {
+            let p: Vec<i64> = p.iter().map(|&a| a as i64).collect();
+            t.f_permute(p.as_slice()).map_err(terr("permute"))
+        }
+    }
+}
+
+/// A value in Keras layout, contiguous.
+pub(crate) fn keras_layout(v: &Val) -> Result<Tensor> {
+    permute_to(&v.t, &v.lay, &layout::identity_perm(v.lay.len()))?
+        .f_contiguous()
+        .map_err(terr("contiguous"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn var_names_round_trip() {
+        for (layer, slot) in [
+            ("conv1", "kernel"),
+            ("model_1/conv1", "bias"),
+            ("block1_conv1/kernel.0", "kernel"),
+            ("a%2E.b/c", "moving_mean"),
+            ("%", "gamma"),
+        ] {
+            let n = var_name(layer, slot);
+            assert_eq!(
+                parse_var_name(&n),
+                Some((layer.to_string(), slot.to_string())),
+                "{n}"
+            );
+        }
+        assert_eq!(var_name("model_1/conv1", "kernel"), "model_1.conv1.kernel");
+        assert_eq!(var_name("bn.1", "beta"), "bn%2E1.beta");
+        assert_eq!(parse_var_name("x.%zz.kernel"), None);
+    }
+
+    #[test]
+    fn devices() {
+        assert_eq!(parse_device("cpu").ok(), Some(Device::Cpu));
+        assert_eq!(parse_device("cuda:1").ok(), Some(Device::Cuda(1)));
+        assert!(parse_device("tpu").is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! `verify --backend torch`: run the IR on libtorch against a genuine-Keras `io.npz`
+//! (`input`, `output`, `layer/<path>`), with the report type of [`crate::verify`].
+
+use super::{from_host, to_host, SameRule, TorchModel};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, Producer};
+use crate::verify::npz::read_npz;
+use crate::verify::{
+    compare, reference_inputs, TensorCmp, VerifyReport, DEFAULT_ATOL, DEFAULT_RTOL,
+};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+
+#[derive(Debug, Clone)]
+pub struct TorchVerifyOptions {
+    pub device: Device,
+    pub per_layer: bool,
+    pub atol: f32,
+    pub rtol: f32,
+    /// Override the `same`-padding rule (default: the one of the model's backend).
+    pub same_rule: Option<SameRule>,
+    /// A second `.npz` whose arrays replace those of the reference with the same name
+    /// (e.g. a fixture's `io_tf.npz`, with `same_rule: Some(SameRule::TensorFlow)`).
+    pub overlay: Option<PathBuf>,
+    /// Per-layer tolerance scaled by the layer's range, `atol * max(1, max|ref|)`, as in
+    /// `verify::VerifyOptions::layer_atol_scaled` (outputs keep `atol`).
+    pub layer_atol_scaled: bool,
+    /// Compute precision (`Kind::Double`: a float64 run of the same graph).
+    pub kind: Kind,
+}
+
+impl Default for TorchVerifyOptions {
+    fn default() -> Self {
+        TorchVerifyOptions {
+            device: Device::Cpu,
+            per_layer: false,
+            atol: DEFAULT_ATOL,
+            rtol: DEFAULT_RTOL,
+            same_rule: None,
+            overlay: None,
+            layer_atol_scaled: false,
+            kind: Kind::Float,
+        }
+    }
+}
+
+fn max_err(cmps: &[TensorCmp]) -> f32 {
+    cmps.iter().fold(0f32, |m, c| {
+        if c.max_abs_err.is_nan() || m.is_nan() {
+            f32::NAN
+        } else {
+            m.max(c.max_abs_err)
+        }
+    })
+}
+
+/// IR -> tch on `device`, against `reference`; per-layer when asked.
+pub fn verify_torch(
+    g: &Graph,
+    reference: &Path,
+    device: Device,
+    per_layer: bool,
+    atol: f32,
+    rtol: f32,
+) -> Result<VerifyReport> {
+    let opts = TorchVerifyOptions {
+        device,
+        per_layer,
+        atol,
+        rtol,
+        ..Default::default()
+    };
+    verify_torch_with(g, &g.source.file, reference, &opts)
+}
+
+/// [`verify_torch`] with every option; `label` names the model in the report.
+pub fn verify_torch_with(
+    g: &Graph,
+    label: &str,
+    reference: &Path,
+    opts: &TorchVerifyOptions,
+) -> Result<VerifyReport> {
+    let mut refs = read_npz(reference)?;
+    if let Some(o) = &opts.overlay {
+        refs.extend(read_npz(o)?);
+    }
+    let inputs = reference_inputs(&refs, g.inputs.len(), reference)?;
+    let want = refs
+        .get("output")
+        .ok_or_else(|| Error::Other(format!("{}: no `output` array", reference.display())))?;
+    let mut model = TorchModel::new(g, opts.device)?;
+    if opts.kind != Kind::Float {
+        model = model.with_kind(opts.kind);
+    }
+    if let Some(r) = opts.same_rule {
+        model = model.with_same_rule(r);
+    }
+    let xs = inputs
+        .iter()
+        .map(|a| from_host(&a.shape, &a.data, opts.device))
+        .collect::<Result<Vec<_>>>()?;
+    let (out0, values) = if opts.per_layer {
+        let values = model.forward_values(&xs)?;
+        let o = g
+            .outputs
+            .first()
+            .and_then(|&o| values.get(o).and_then(Option::as_ref))
+            .ok_or_else(|| Error::Other("the model has no output".into()))?;
+        (to_host(o)?, values)
+    } else {
+        let outs = model.forward_outputs(&xs, false)?;
+        let o = outs
+            .first()
+            .ok_or_else(|| Error::Other("the model has no output".into()))?;
+        (to_host(o)?, vec![])
+    };
+    let outputs = vec![compare(
+        "output",
+        &out0.data,
+        &out0.shape,
+        &want.data,
+        &want.shape,
+        opts.atol,
+        opts.rtol,
+    )];
+
+    let mut layers = Vec::new();
+    let mut skipped = Vec::new();
+    if opts.per_layer {
+        let mut rows: Vec<(usize, TensorCmp)> = Vec::new();
+        for (key, arr) in refs.iter().filter(|(k, _)| k.starts_with("layer/")) {
+            let path = &key["layer/".len()..];
+            let Some(v) = g
+                .layers
+                .iter()
+                .find(|l| l.path == path)
+                .and_then(|r| r.output)
+            else {
+                skipped.push((path.to_string(), "no IR value for this layer".into()));
+                continue;
+            };
+            let idx = match g.values[v].producer {
+                Producer::Node(i) => i,
+                Producer::Input(_) => {
+                    skipped.push((path.to_string(), "a graph input".into()));
+                    continue;
+                }
+            };
+            let Some(t) = values.get(v).and_then(Option::as_ref) else {
+                skipped.push((path.to_string(), "not computed".into()));
+                continue;
+            };
+            let h = to_host(t)?;
+            let atol = if opts.layer_atol_scaled {
+                opts.atol * arr.data.iter().fold(1f32, |m, x| m.max(x.abs()))
+            } else {
+                opts.atol
+            };
+            rows.push((
+                idx,
+                compare(
+                    path, &h.data, &h.shape, &arr.data, &arr.shape, atol, opts.rtol,
+                ),
+            ));
+        }
+        rows.sort_by_key(|(i, c)| (*i, c.name.clone()));
+        layers = rows.into_iter().map(|(_, c)| c).collect();
+    }
+    let first_div = layers.iter().find(|c| !c.passed).map(|c| c.name.clone());
+    let passed = outputs.iter().chain(&layers).all(|c| c.passed);
+    let mut all = outputs.clone();
+    all.extend(layers.iter().cloned());
+    let mut reference_label = reference.display().to_string();
+    if let Some(o) = &opts.overlay {
+        reference_label += &format!(" + {}", o.display());
+    }
+    Ok(VerifyReport {
+        model: label.into(),
+        reference: reference_label,
+        backend: format!("torch ({})", device_name(opts.device)),
+        atol: opts.atol,
+        rtol: opts.rtol,
+        max_abs_err: max_err(&all),
+        passed,
+        outputs,
+        layers,
+        first_diverging_layer: first_div,
+        skipped_layers: skipped,
+        folded: None,
+    })
+}
+
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
