@@ -14,6 +14,10 @@ if ! command -v cmake >/dev/null 2>&1; then
   hash -r
 fi
 
+# libtorch 2.11.0 (PyPI torch wheel, CPU use) for the default `torch` feature: .venv-torch;
+# .cargo/config.toml points LIBTORCH at it and build.rs adds the rpath.
+scripts/libtorch.sh >/dev/null
+
 if [ "${1:-}" = "--python" ]; then
   bash converters/setup.sh
 fi

@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --python
 export ALLCONV_REQUIRE_PYTHON=1
 cargo test --all-targets "$@"
+# The inference-only build (ONNX export + tract, no libtorch) must keep compiling.
+cargo check --no-default-features --features runtime --lib --bins

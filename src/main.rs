@@ -239,8 +239,12 @@ struct VerifyArgs {
     /// io.npz with input, output and layer/* (required for .h5).
     #[arg(long)]
     reference: Option<PathBuf>,
-    #[arg(long, default_value = "tract", value_parser = ["tract"])]
+    /// Runtime to check: tract (the ONNX export) or torch (the libtorch lowering).
+    #[arg(long, default_value = "tract", value_parser = ["tract", "torch"])]
     backend: String,
+    /// Device for --backend torch: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Compare every layer/<path> activation present in the reference.
     #[arg(long)]
     per_layer: bool,
@@ -248,6 +252,11 @@ struct VerifyArgs {
     atol: f32,
     #[arg(long, default_value_t = allconv::verify::DEFAULT_RTOL)]
     rtol: f32,
+    /// Hold every layer to the absolute --atol (default: atol x max(1, max|reference|) per
+    /// layer, since float32 rounding accumulates with depth in every runtime; outputs are
+    /// always held to the absolute --atol).
+    #[arg(long)]
+    absolute_layers: bool,
     #[arg(long)]
     fold_bn: bool,
     #[arg(long, default_value_t = 1)]
@@ -372,26 +381,7 @@ fn convert_cmd(a: ConvertArgs) -> ExitCode {
     }
 }
 
-fn verify_cmd(a: VerifyArgs) -> ExitCode {
-    use allconv::verify::{verify_h5, verify_onnx, VerifyOptions};
-    let json = a.json;
-    let opts = VerifyOptions {
-        atol: a.atol,
-        rtol: a.rtol,
-        per_layer: a.per_layer,
-        fold_bn: a.fold_bn,
-        threads: a.threads,
-        ..Default::default()
-    };
-    let is_onnx = a.model.model.extension().and_then(|e| e.to_str()) == Some("onnx");
-    let r = if is_onnx {
-        verify_onnx(&a.model.model, a.reference.as_deref(), &opts)
-    } else {
-        match &a.reference {
-            Some(r) => verify_h5(&a.model.model, &a.model.options(), r, &opts),
-            None => return fail(json, "verifying an .h5 needs --reference io.npz"),
-        }
-    };
+fn verify_exit(json: bool, r: allconv::Result<allconv::verify::VerifyReport>) -> ExitCode {
     match r {
         Ok(r) => {
             if let Err(e) = print_report(json, &r, || r.to_text()) {
@@ -405,4 +395,66 @@ fn verify_cmd(a: VerifyArgs) -> ExitCode {
         }
         Err(e) => fail(json, e),
     }
+}
+
+#[cfg(feature = "torch")]
+fn verify_torch_cmd(a: &VerifyArgs) -> ExitCode {
+    use allconv::torch::{parse_device, verify_torch_with, TorchVerifyOptions};
+    let Some(reference) = &a.reference else {
+        return fail(a.json, "--backend torch needs --reference io.npz");
+    };
+    if a.fold_bn {
+        return fail(a.json, "--fold-bn applies to the tract backend");
+    }
+    let device = match parse_device(&a.device) {
+        Ok(d) => d,
+        Err(e) => return fail(a.json, e),
+    };
+    let r = read_model(&a.model.model, &a.model.options()).and_then(|g| {
+        let opts = TorchVerifyOptions {
+            device,
+            per_layer: a.per_layer,
+            atol: a.atol,
+            rtol: a.rtol,
+            layer_atol_scaled: !a.absolute_layers,
+            ..Default::default()
+        };
+        verify_torch_with(&g, &a.model.model.display().to_string(), reference, &opts)
+    });
+    verify_exit(a.json, r)
+}
+
+#[cfg(not(feature = "torch"))]
+fn verify_torch_cmd(a: &VerifyArgs) -> ExitCode {
+    fail(
+        a.json,
+        "this build has no libtorch backend (build with --features torch)",
+    )
+}
+
+fn verify_cmd(a: VerifyArgs) -> ExitCode {
+    use allconv::verify::{verify_h5, verify_onnx, VerifyOptions};
+    let json = a.json;
+    let opts = VerifyOptions {
+        atol: a.atol,
+        rtol: a.rtol,
+        per_layer: a.per_layer,
+        fold_bn: a.fold_bn,
+        threads: a.threads,
+        layer_atol_scaled: !a.absolute_layers,
+        ..Default::default()
+    };
+    if a.backend == "torch" {
+        return verify_torch_cmd(&a);
+    }
+    let is_onnx = a.model.model.extension().and_then(|e| e.to_str()) == Some("onnx");
+    let r = if is_onnx {
+        verify_onnx(&a.model.model, a.reference.as_deref(), &opts)
+    } else {
+        match &a.reference {
+            Some(r) => verify_h5(&a.model.model, &a.model.options(), r, &opts),
+            None => return fail(json, "verifying an .h5 needs --reference io.npz"),
+        }
+    };
+    verify_exit(json, r)
 }
