@@ -19,8 +19,9 @@ $bin inspect $case/model.h5 | head -12; echo "  ..."; $bin inspect $case/model.h
 step "2. The same model at the paper's whole-image size (1152x896)"
 $bin inspect $case/model.h5 --input-size 1152x896 | tail -3
 
-step "3. Verify: tract vs genuine Keras, every recorded layer"
+step "3. Verify: tract vs genuine Keras, end to end and every recorded layer alone on the inputs Keras fed it"
 $bin verify $case/model.h5 --reference $case/io.npz --per-layer | head -3
+$bin verify $case/model.h5 --reference $case/io.npz --isolated | head -4
 
 step "4. Convert to ONNX with preprocessing and 4-flip TTA in the graph (a device needs only this file)"
 $bin convert $case/model.h5 -o $out/whole.onnx --input-size 225x177 \

@@ -257,6 +257,10 @@ struct VerifyArgs {
     /// always held to the absolute --atol).
     #[arg(long)]
     absolute_layers: bool,
+    /// Run every recorded layer alone on the activations Keras fed it (from the npz) and
+    /// hold it to the absolute --atol: a layer's own error, free of upstream drift.
+    #[arg(long)]
+    isolated: bool,
     #[arg(long)]
     fold_bn: bool,
     #[arg(long, default_value_t = 1)]
@@ -397,6 +401,50 @@ fn verify_exit(json: bool, r: allconv::Result<allconv::verify::VerifyReport>) ->
     }
 }
 
+fn verify_isolated_cmd(a: &VerifyArgs, opts: &allconv::verify::VerifyOptions) -> ExitCode {
+    let Some(reference) = &a.reference else {
+        return fail(a.json, "--isolated needs --reference io.npz");
+    };
+    let r = read_model(&a.model.model, &a.model.options())
+        .and_then(|g| allconv::verify::verify_layers_local(&g, reference, opts));
+    match r {
+        Ok((layers, skipped)) => {
+            let passed = !layers.is_empty() && layers.iter().all(|c| c.passed);
+            let max_abs_err = layers.iter().map(|c| c.max_abs_err).fold(0f32, f32::max);
+            let report = serde_json::json!({"model": a.model.model.display().to_string(),
+                "reference": reference.display().to_string(), "mode": "isolated layers",
+                "atol": a.atol, "max_abs_err": max_abs_err, "passed": passed,
+                "layers": layers, "skipped_layers": skipped});
+            let text = || {
+                let mut t = format!("{}: {} layers run alone on Keras's inputs: {}  max_abs_err {:.3e} (atol {:e})\n",
+                    a.model.model.display(), layers.len(), if passed { "PASS" } else { "FAIL" }, max_abs_err, a.atol);
+                for c in &layers {
+                    t += &format!(
+                        "  layer {:<40} {:?} max_abs_err {:.3e} {}\n",
+                        c.name,
+                        c.shape,
+                        c.max_abs_err,
+                        if c.passed { "ok" } else { "FAIL" }
+                    );
+                }
+                for (k, why) in &skipped {
+                    t += &format!("  skipped {k}: {why}\n");
+                }
+                t
+            };
+            if let Err(e) = print_report(a.json, &report, text) {
+                return fail(a.json, e);
+            }
+            if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail(a.json, e),
+    }
+}
+
 #[cfg(feature = "torch")]
 fn verify_torch_cmd(a: &VerifyArgs) -> ExitCode {
     use allconv::torch::{parse_device, verify_torch_with, TorchVerifyOptions};
@@ -446,6 +494,9 @@ fn verify_cmd(a: VerifyArgs) -> ExitCode {
     };
     if a.backend == "torch" {
         return verify_torch_cmd(&a);
+    }
+    if a.isolated {
+        return verify_isolated_cmd(&a, &opts);
     }
     let is_onnx = a.model.model.extension().and_then(|e| e.to_str()) == Some("onnx");
     let r = if is_onnx {

@@ -5,7 +5,11 @@
 pub mod npz;
 
 #[cfg(feature = "runtime")]
+mod local;
+#[cfg(feature = "runtime")]
 mod run;
+#[cfg(feature = "runtime")]
+pub use local::verify_layers_local;
 #[cfg(feature = "runtime")]
 pub use run::*;
 
