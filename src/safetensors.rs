@@ -115,7 +115,9 @@ pub fn read_safetensors(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     if bytes.len() < 8 {
         return Err("shorter than the header length".into());
     }
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[..8]);
+    let n = u64::from_le_bytes(len) as usize;
     let head = bytes
         .get(8..8usize.checked_add(n).ok_or("header length overflows")?)
         .ok_or("header runs past the end")?;
@@ -170,7 +172,7 @@ pub fn read_safetensors(bytes: &[u8]) -> std::result::Result<Parsed, String> {
         }
         let vals = raw
             .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         tensors.insert(k.clone(), crate::ir::Tensor { shape, data: vals });
     }
