@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, Producer};
 use crate::verify::npz::read_npz;
 use crate::verify::{
-    compare, reference_inputs, TensorCmp, VerifyReport, DEFAULT_ATOL, DEFAULT_RTOL,
+    compare, layer_atol, order_layers, reference_inputs, TensorCmp, VerifyReport, DEFAULT_ATOL,
+    DEFAULT_RTOL,
 };
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -125,6 +126,7 @@ pub fn verify_torch_with(
     )];
 
     let mut layers = Vec::new();
+    let mut first_div = None;
     let mut skipped = Vec::new();
     if opts.per_layer {
         let mut rows: Vec<(usize, TensorCmp)> = Vec::new();
@@ -151,11 +153,7 @@ pub fn verify_torch_with(
                 continue;
             };
             let h = to_host(t)?;
-            let atol = if opts.layer_atol_scaled {
-                opts.atol * arr.data.iter().fold(1f32, |m, x| m.max(x.abs()))
-            } else {
-                opts.atol
-            };
+            let atol = layer_atol(opts.atol, opts.layer_atol_scaled, &arr.data);
             rows.push((
                 idx,
                 compare(
@@ -163,10 +161,8 @@ pub fn verify_torch_with(
                 ),
             ));
         }
-        rows.sort_by_key(|(i, c)| (*i, c.name.clone()));
-        layers = rows.into_iter().map(|(_, c)| c).collect();
+        (layers, first_div) = order_layers(rows);
     }
-    let first_div = layers.iter().find(|c| !c.passed).map(|c| c.name.clone());
     let passed = outputs.iter().chain(&layers).all(|c| c.passed);
     let mut all = outputs.clone();
     all.extend(layers.iter().cloned());

@@ -29,6 +29,25 @@ pub struct TensorCmp {
     pub passed: bool,
 }
 
+/// The tolerance for one intermediate activation: `atol`, or with `scaled`,
+/// `atol * max(1, max|reference|)` (float32 rounding grows with depth and magnitude).
+pub fn layer_atol(atol: f32, scaled: bool, reference: &[f32]) -> f32 {
+    if scaled {
+        atol * reference.iter().fold(1f32, |m, x| m.max(x.abs()))
+    } else {
+        atol
+    }
+}
+
+/// Per-layer rows (topological index, comparison) in topological order, and the first
+/// layer outside its tolerance.
+pub fn order_layers(mut rows: Vec<(usize, TensorCmp)>) -> (Vec<TensorCmp>, Option<String>) {
+    rows.sort_by_key(|(i, c)| (*i, c.name.clone()));
+    let layers: Vec<TensorCmp> = rows.into_iter().map(|(_, c)| c).collect();
+    let first = layers.iter().find(|c| !c.passed).map(|c| c.name.clone());
+    (layers, first)
+}
+
 /// Compare `got` to the reference `want`.
 pub fn compare(
     name: &str,

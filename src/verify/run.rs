@@ -1,7 +1,7 @@
 //! Running models through tract for verification and conversion.
 
 use super::npz::{first_items, read_npz};
-use super::{compare, TensorCmp, DEFAULT_ATOL, DEFAULT_RTOL};
+use super::{compare, layer_atol, order_layers, TensorCmp, DEFAULT_ATOL, DEFAULT_RTOL};
 use crate::error::{Error, Result};
 use crate::ir::{DataFormat, Graph, Producer};
 use crate::keras::{read_model, ReadOptions};
@@ -186,6 +186,7 @@ pub fn verify_graph(
     )];
 
     let mut layers = Vec::new();
+    let mut first_div = None;
     let mut skipped = Vec::new();
     if opts.per_layer {
         // Debug outputs follow the model outputs, one per node in order.
@@ -229,11 +230,7 @@ pub fn verify_graph(
                 skipped.push((path.to_string(), "no exported output".into()));
                 continue;
             };
-            let atol = if opts.layer_atol_scaled {
-                opts.atol * arr.data.iter().fold(1f32, |m, x| m.max(x.abs()))
-            } else {
-                opts.atol
-            };
+            let atol = layer_atol(opts.atol, opts.layer_atol_scaled, &arr.data);
             rows.push((
                 idx,
                 compare(
@@ -241,10 +238,8 @@ pub fn verify_graph(
                 ),
             ));
         }
-        rows.sort_by_key(|(i, c)| (*i, c.name.clone()));
-        layers = rows.into_iter().map(|(_, c)| c).collect();
+        (layers, first_div) = order_layers(rows);
     }
-    let first_div = layers.iter().find(|c| !c.passed).map(|c| c.name.clone());
     let passed = outputs.iter().chain(&layers).all(|c| c.passed);
     let mut all = outputs.clone();
     all.extend(layers.iter().cloned());
