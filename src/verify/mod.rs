@@ -9,7 +9,7 @@ mod local;
 #[cfg(feature = "runtime")]
 mod run;
 #[cfg(feature = "runtime")]
-pub use local::verify_layers_local;
+pub use local::{isolated_layers, verify_layers_local, IsolatedLayer};
 #[cfg(feature = "runtime")]
 pub use run::*;
 
