@@ -57,9 +57,9 @@ pub fn usize_i64(v: &[usize]) -> Vec<i64> {
 }
 
 pub fn f32_tensor(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
-    let mut raw = Vec::with_capacity(data.len() * 4);
-    for x in data {
-        raw.extend_from_slice(&x.to_le_bytes());
+    let mut raw = vec![0u8; data.len() * 4];
+    for (b, x) in raw.chunks_exact_mut(4).zip(data) {
+        b.copy_from_slice(&x.to_le_bytes());
     }
     TensorProto {
         name: name.into(),
