@@ -34,6 +34,7 @@ rows = [
  "| measure | allconv | peer | ratio (allconv / peer) |",
  "|---|---|---|---|",
  f"| conversion .h5 -> .onnx (s) | {ac['convert_s']:.2f} | tf2onnx {tc['convert_s']:.2f} | {ac['convert_s']/tc['convert_s']:.3f} ({tc['convert_s']/ac['convert_s']:.0f}x faster) |",
+ f"| peak memory, conversion (MiB) | {ac['peak_mb']:.0f} | tf2onnx {tc['peak_mb']:.0f} | {ac['peak_mb']/tc['peak_mb']:.2f} |",
  f"| latency, batch 1 (ms) | tract {tr['latency_ms']:.0f} | onnxruntime {orr['latency_ms']:.0f} | {tr['latency_ms']/orr['latency_ms']:.2f} |",
  f"| latency, batch 1 (ms) | tract {tr['latency_ms']:.0f} | TensorFlow {tfr['latency_ms']:.0f} | {tr['latency_ms']/tfr['latency_ms']:.2f} |",
  f"| peak memory (MiB) | tract {tr['peak_mb']:.0f} | onnxruntime {orr['peak_mb']:.0f} | {tr['peak_mb']/orr['peak_mb']:.2f} |",
