@@ -12,9 +12,9 @@ pub mod layout;
 pub mod onnx;
 pub mod passes;
 pub mod report;
-pub mod safetensors;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+pub mod safetensors;
 #[cfg(feature = "torch")]
 pub mod torch;
 #[cfg(feature = "onnx")]

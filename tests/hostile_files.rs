@@ -22,7 +22,12 @@ fn inspect(file: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
         if let Some(status) = child.try_wait().expect("wait") {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (status.code(), err);
         }
         if start.elapsed() > Duration::from_secs(60) {
@@ -36,16 +41,33 @@ fn inspect(file: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn every_hostile_file_is_refused_with_its_reason() {
     let dir = common::fixtures_dir().join("hostile");
-    let text = std::fs::read_to_string(dir.join("expect.json")).expect("fixtures/hostile/expect.json");
-    let expect: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).expect("JSON");
-    assert!(expect.len() >= 10, "expected at least 10 hostile cases, found {}", expect.len());
+    let text =
+        std::fs::read_to_string(dir.join("expect.json")).expect("fixtures/hostile/expect.json");
+    let expect: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).expect("JSON");
+    assert!(
+        expect.len() >= 10,
+        "expected at least 10 hostile cases, found {}",
+        expect.len()
+    );
     let mut failures = Vec::new();
     for (name, want) in expect.iter().filter(|(k, _)| !k.starts_with('_')) {
         let file = dir.join(name);
         let phrases: Vec<String> = match want {
             serde_json::Value::String(s) => vec![s.clone()],
-            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-            serde_json::Value::Object(o) => o.get("contains").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            serde_json::Value::Object(o) => o
+                .get("contains")
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
             _ => vec![],
         };
         let (code, err) = inspect(&file, &[]);
@@ -65,13 +87,23 @@ fn every_hostile_file_is_refused_with_its_reason() {
 
 #[test]
 fn weights_only_file_without_architecture_says_what_to_do() {
-    let Some(dir) = common::model_fixtures().into_iter().find(|d| d.join("model.json").is_file()) else {
+    let Some(dir) = common::model_fixtures()
+        .into_iter()
+        .find(|d| d.join("model.json").is_file())
+    else {
         panic!("no weights-only fixture (a dir with model.json)");
     };
-    let weights = if dir.join("weights.h5").is_file() { dir.join("weights.h5") } else { dir.join("model.h5") };
+    let weights = if dir.join("weights.h5").is_file() {
+        dir.join("weights.h5")
+    } else {
+        dir.join("model.h5")
+    };
     let (code, err) = inspect(&weights, &[]);
     assert_ne!(code, Some(0));
     assert!(err.contains("--config"), "{err}");
-    let (code, err) = inspect(&weights, &["--config", dir.join("model.json").to_str().unwrap()]);
+    let (code, err) = inspect(
+        &weights,
+        &["--config", dir.join("model.json").to_str().unwrap()],
+    );
     assert_eq!(code, Some(0), "{err}");
 }

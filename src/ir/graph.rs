@@ -103,7 +103,8 @@ pub struct Source {
     pub dialect: String,
     pub model_class: String,
     pub warnings: Vec<String>,
-    #[serde(skip)] pub model_config: Option<String>, // the model_config JSON text as read, for the .h5 writer
+    #[serde(skip)]
+    pub model_config: Option<String>, // the model_config JSON text as read, for the .h5 writer
 }
 
 #[derive(Debug, Clone, Default)]
