@@ -107,6 +107,36 @@ pub struct Source {
     pub model_config: Option<String>, // the model_config JSON text as read, for the .h5 writer
 }
 
+/// How `padding="same"` was computed by the backend that trained the model: backends
+/// lower `Padding::Same` with the rule of the model's source so a converted model computes
+/// what it computed in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameRule {
+    /// TensorFlow: total = max((ceil(n/s)-1)*s + k_eff - n, 0), the odd pixel
+    /// bottom/right; average pooling divides by real pixels only.
+    TensorFlow,
+    /// Theano (Keras 1 and 2): convs use `border_mode="half"` (k_eff//2 before), pools pad
+    /// `k-2` (odd k > 2) or `k-1` before; the result is cropped to ceil(n/s).
+    /// `avg_include_pad`: Keras 2's Theano backend uses `average_inc_pad` for `same`,
+    /// Keras 1 `average_exc_pad`.
+    Theano { avg_include_pad: bool },
+}
+
+impl SameRule {
+    /// From the graph's recorded source (backend and Keras version).
+    pub fn for_source(src: &Source) -> SameRule {
+        match src.backend.as_deref() {
+            Some("theano") => SameRule::Theano {
+                avg_include_pad: !src
+                    .keras_version
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with('1')),
+            },
+            _ => SameRule::TensorFlow,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
     pub name: String,

@@ -5,6 +5,7 @@
 
 use super::builder::*;
 use crate::error::{Error, Result};
+pub use crate::ir::SameRule;
 use crate::ir::*;
 use crate::layout;
 use std::collections::HashMap;
@@ -15,34 +16,6 @@ use std::collections::HashMap;
 pub struct Val {
     pub name: String,
     pub layout: Vec<usize>,
-}
-
-/// How `padding="same"` was computed by the backend that produced the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SameRule {
-    /// TensorFlow: total = max((out-1)*s + k_eff - n, 0), the odd pixel bottom/right;
-    /// average pooling divides by real pixels only.
-    TensorFlow,
-    /// Theano (Keras 1 and 2): convs use `border_mode="half"` (k_eff//2 before), pools
-    /// pad `k-2` (odd k > 2) or `k-1` before; the result is cropped to ceil(n/s).
-    /// `avg_include_pad`: Keras 2's Theano backend uses `average_inc_pad` for `same`,
-    /// Keras 1 `average_exc_pad`.
-    Theano { avg_include_pad: bool },
-}
-
-impl SameRule {
-    /// From the graph's recorded source (backend and Keras version).
-    pub fn for_source(src: &Source) -> SameRule {
-        match src.backend.as_deref() {
-            Some("theano") => SameRule::Theano {
-                avg_include_pad: !src
-                    .keras_version
-                    .as_deref()
-                    .is_some_and(|v| v.starts_with('1')),
-            },
-            _ => SameRule::TensorFlow,
-        }
-    }
 }
 
 pub struct Lowering<'g> {

@@ -36,6 +36,7 @@ pub mod verify;
 pub use verify::*;
 
 use crate::error::{Error, Result};
+pub use crate::ir::SameRule;
 use crate::ir::{DataFormat, Graph, Producer, Source};
 use crate::layout;
 use std::collections::HashMap;
@@ -45,34 +46,6 @@ pub use tch;
 
 pub(crate) fn terr(what: &str) -> impl Fn(tch::TchError) -> Error + '_ {
     move |e| Error::Other(format!("tch: {what}: {e}"))
-}
-
-/// How `padding="same"` was computed by the backend that produced the model (mirrors
-/// `onnx::lower::SameRule`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SameRule {
-    /// total = max((ceil(n/s)-1)*s + k_eff - n, 0), the odd pixel bottom/right; average
-    /// pooling divides by real pixels only.
-    TensorFlow,
-    /// Theano: convs pad `k_eff//2` before, pools `k-2` (odd k > 2) or `k-1` before, and
-    /// the rest up to `k_eff-1` after (the windows Keras keeps after cropping to ceil(n/s)).
-    /// `avg_include_pad`: Keras 2 on Theano divides `same` average pools by the window.
-    Theano { avg_include_pad: bool },
-}
-
-impl SameRule {
-    /// From the graph's recorded source (backend and Keras version).
-    pub fn for_source(src: &Source) -> SameRule {
-        match src.backend.as_deref() {
-            Some("theano") => SameRule::Theano {
-                avg_include_pad: !src
-                    .keras_version
-                    .as_deref()
-                    .is_some_and(|v| v.starts_with('1')),
-            },
-            _ => SameRule::TensorFlow,
-        }
-    }
 }
 
 /// Sampling grid of bilinear UpSampling (mirrors the ONNX lowering's `bilinear_mode`).
