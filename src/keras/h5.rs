@@ -52,7 +52,7 @@ impl H5File {
         hdf5::sync::sync(|| unsafe {
             H5PLset_loading_state(0);
         });
-        let file = hdf5::File::open(path).map_err(|e| Error::NotHdf5 {
+        let file = open_read_only_unlocked(path).map_err(|e| Error::NotHdf5 {
             file: path.to_path_buf(),
             message: explain_open_error(&e.to_string()),
         })?;
@@ -272,6 +272,26 @@ impl H5File {
             .map_err(|e| self.format_err(path, e.to_string()))?;
         Ok(Some(ds.shape()))
     }
+}
+
+/// Open read-only without HDF5's advisory file lock: a reader needs none, and the lock
+/// fails spuriously (`unable to lock file`) while any other handle holds the file, such as
+/// a writer in this process or Keras in another.
+fn open_read_only_unlocked(path: &Path) -> hdf5::Result<hdf5::File> {
+    use hdf5_sys::h5f::{H5Fopen, H5F_ACC_RDONLY};
+    use hdf5_sys::h5p::{H5Pclose, H5Pcreate, H5Pset_file_locking, H5P_CLS_FILE_ACCESS};
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| hdf5::Error::from("path contains a NUL byte"))?;
+    let id = hdf5::sync::sync(|| unsafe {
+        let fapl = hdf5::h5check(H5Pcreate(*H5P_CLS_FILE_ACCESS))?;
+        let opened = hdf5::h5check(H5Pset_file_locking(fapl, 0, 1))
+            .and_then(|_| hdf5::h5check(H5Fopen(c.as_ptr(), H5F_ACC_RDONLY, fapl)));
+        H5Pclose(fapl);
+        opened
+    })?;
+    // SAFETY: `id` is a file identifier just returned by H5Fopen; the File owns it.
+    unsafe { hdf5::from_id::<hdf5::File>(id) }
 }
 
 fn check_signature(path: &Path) -> Result<()> {
