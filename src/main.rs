@@ -8,6 +8,21 @@ use std::process::ExitCode;
 
 mod predict;
 
+/// Print to stdout; a closed pipe (`allconv ... | head`) ends the output quietly instead of
+/// panicking like `println!`.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "allconv",
@@ -136,9 +151,9 @@ fn bench_cmd(cmd: BenchCmd) -> ExitCode {
     match result {
         Ok((Ok(v), text)) => {
             if json {
-                println!("{v}");
+                outln!("{v}");
             } else {
-                print!("{text}");
+                out!("{text}");
             }
             ExitCode::SUCCESS
         }
@@ -166,7 +181,7 @@ fn parse_size(s: &str) -> Result<Vec<usize>, String> {
 
 fn fail(json: bool, err: impl std::fmt::Display) -> ExitCode {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"error": err.to_string(), "passed": false})
         );
@@ -187,11 +202,11 @@ fn main() -> ExitCode {
                 let r = InspectReport::new(&g);
                 if json {
                     match serde_json::to_string_pretty(&r) {
-                        Ok(s) => println!("{s}"),
+                        Ok(s) => outln!("{s}"),
                         Err(e) => return fail(json, e),
                     }
                 } else {
-                    print!("{}", r.to_text());
+                    out!("{}", r.to_text());
                 }
                 ExitCode::SUCCESS
             }
@@ -276,9 +291,9 @@ fn print_report<T: serde::Serialize>(
 ) -> Result<(), String> {
     if json {
         let s = serde_json::to_string_pretty(r).map_err(|e| e.to_string())?;
-        println!("{s}");
+        outln!("{s}");
     } else {
-        print!("{}", text());
+        out!("{}", text());
     }
     Ok(())
 }
@@ -303,12 +318,12 @@ fn write_keras_cmd(a: &ConvertArgs, h5: bool) -> ExitCode {
     match result {
         Ok(n) => {
             if a.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"output": a.output.display().to_string(), "tensors": n})
                 );
             } else {
-                println!("wrote {} ({n} tensors)", a.output.display());
+                outln!("wrote {} ({n} tensors)", a.output.display());
             }
             ExitCode::SUCCESS
         }
