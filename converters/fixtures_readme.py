@@ -27,8 +27,30 @@ COVERS = {
     "tfk_sequential": "tf-keras Sequential (dict config with InputLayer)",
     "tfk_resnet50_whole": "tf-keras nested Functional (node index 1), 2.0.8 ResNet50 topology + resnet top, even 288x224 input",
     "tfk_chunked": "tf-keras: layer_names split into layer_names0/layer_names1 (300 long-named layers)",
+    "k208_layers_1d": "ZeroPadding1D/Cropping1D (int and asymmetric), UpSampling1D, SpatialDropout1D, GaussianNoise, GaussianDropout, AlphaDropout (identity at inference), ThresholdedReLU with theta exactly on an input value",
+    "tfk_act_merge": "swish, exponential (Activation layer and fused), Minimum (2 and 3 inputs), ThresholdedReLU and ReLU(threshold, negative_slope, max_value) with the threshold exactly on an input value, GaussianNoise/GaussianDropout/AlphaDropout/SpatialDropout2D in tf-keras's dialect",
+    "tfk_conv1d_cf": "Conv1D data_format=channels_first (valid, strided even-kernel same, dilated causal, no bias), BN axis=1, GlobalAveragePooling1D channels_first, Flatten (C,steps) -> Dense; computed through XLA (TF's CPU kernels refuse NCW), checked against a channels_last twin",
     "k3_legacy_h5": "Keras 3 legacy .h5 (weight names without :0, top_level_model_weights group)",
+    "tfk_slash_names": "tf-keras: layer names with '/' (as tf.keras DenseNet writes them)",
+    "k3_depthwise": "Keras 3 legacy .h5: DepthwiseConv2D weight named `kernel`",
 }
+
+
+def rehead_cover(e):
+    """rehead_ref.py fixtures: what `allconv rehead` must reproduce."""
+    r = e["rehead"]
+    h, w = r["input_size"]
+    s = "rehead: `%s` + `%s` at %dx%d, %d classes" % (r["patch"], r["top"], h, w, r["classes"])
+    if r.get("structure_only"):
+        s += "; structure only (layer table, count_params; no model.h5)"
+    ms = r.get("min_input_size")
+    if ms:
+        s += "; smallest size %dx%d" % (ms["height"]["all_shapes_positive"],
+                                        ms["width"]["all_shapes_positive"])
+    if "crops" in e:
+        s += "; crops.npz: patch classifier on crops vs the map, max logit diff %.2g" % (
+            e["crops"]["max_abs_diff_logits"])
+    return s
 
 
 def size(d):
@@ -50,9 +72,10 @@ def main():
         e = json.load(open(os.path.join(d, "expect.json")))
         s = size(d)
         total += s
-        cov = COVERS.get(c) or ("TF-flavoured %s (kernels flipped, backend tensorflow, S<n> "
-                                "lists, ':0' names); io.npz -> ../%s/io.npz" % (
-                                    e.get("derived_from"), e.get("derived_from")))
+        cov = rehead_cover(e) if "rehead" in e else COVERS.get(c)
+        cov = cov or ("TF-flavoured %s (kernels flipped, backend tensorflow, S<n> "
+                      "lists, ':0' names); io.npz -> ../%s/io.npz" % (
+                          e.get("derived_from"), e.get("derived_from")))
         chk = e.get("tfkeras_check")
         if chk and "ok" in chk:
             cov += "; tf-keras check: output diff %.1e" % chk["max_abs_diff_output"]
@@ -72,6 +95,7 @@ def main():
                 "`weights.h5` + `model.json`), `io.npz` (`input`, `output`, `layer/<path>`), "
                 "`expect.json` (facts from Keras: versions, backend, count_params, per-layer "
                 "class/shape/params, notes, and for 2.0.8 cases `tfkeras_check`) and `COMMAND`. "
+                "`rehead_structure_*` cases have only `expect.json` and `COMMAND`. "
                 "`images/` is not made by converters/.\n\n"
                 "| case | generator | covers | size |\n|---|---|---|---|\n")
         f.write("\n".join(rows) + "\n")

@@ -251,3 +251,41 @@ def hostile_src():
     common.randomize_model(m, np.random.RandomState(3))
     m.save(os.path.join(sd, 'small.h5'))
     print("wrote", hd + "/lambda.h5", sd)
+
+
+@case
+def k208_layers_1d():
+    """1-D shape layers, the inference-identity noise/dropout layers and ThresholdedReLU
+    (theta set exactly on a value the input holds, so `>` and `>=` give different numbers)."""
+    from keras.layers import (ZeroPadding1D, Cropping1D, UpSampling1D, SpatialDropout1D,
+                              GaussianNoise, GaussianDropout, AlphaDropout, ThresholdedReLU)
+    rng = np.random.RandomState(18)
+    x = common.make_input(rng, (2, 16, 3))
+    vals, counts = np.unique(x, return_counts=True)
+    # theta: the float32 value the input holds most often in (0.1, 1.5)
+    cand = [(-n, abs(float(v) - 0.5), float(v)) for v, n in zip(vals, counts) if 0.1 < v < 1.5]
+    theta = min(cand)[2]
+    n_eq = int((x == np.float32(theta)).sum())
+    inp = Input((16, 3), name='seq')
+    t = ThresholdedReLU(theta=theta, name='thresh_on_input_value')(inp)
+    c = Conv1D(4, 3, padding='valid', name='conv')(inp)
+    g = GaussianNoise(0.5, name='gaussian_noise')(c)
+    g = GaussianDropout(0.4, name='gaussian_dropout')(g)
+    g = AlphaDropout(0.3, name='alpha_dropout')(g)
+    g = SpatialDropout1D(0.3, name='spatial_dropout_1d')(g)
+    th = ThresholdedReLU(theta=0.25, name='thresh_0_25')(g)
+    z = ZeroPadding1D((2, 1), name='zeropad_asym')(th)
+    cr = Cropping1D((1, 3), name='crop_asym')(z)
+    up = UpSampling1D(3, name='upsample_3')(cr)
+    z2 = ZeroPadding1D(1, name='zeropad_int')(t)
+    cr2 = Cropping1D(2, name='crop_int')(z2)
+    up2 = UpSampling1D(name='upsample_default')(cr2)
+    out = Concatenate(name='concat_all')([Flatten(name='flat_a')(up), Flatten(name='flat_b')(up2)])
+    model = Model(inp, out, name='layers_1d')
+    _finish('k208_layers_1d', model, x, notes=[
+        "ThresholdedReLU 'thresh_on_input_value' has theta = %r, exactly the float32 value of "
+        "%d input elements: Keras computes x * (x > theta), so they give 0 (a '>=' would give "
+        "theta)" % (theta, n_eq),
+        "GaussianNoise, GaussianDropout, AlphaDropout and SpatialDropout1D are identity at "
+        "inference (predict): their recorded outputs equal their inputs",
+        "no 'same' padding anywhere: Theano and TensorFlow semantics agree on every layer"])

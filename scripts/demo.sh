@@ -26,11 +26,13 @@ $bin verify $case/model.h5 --reference $case/io.npz --isolated | head -4
 step "4. Convert to ONNX with preprocessing and 4-flip TTA in the graph (a device needs only this file)"
 # The paper's parameters for 16-bit PNGs are rescale=0.003891,mean=52.18. This fixture is a
 # narrow random-weight model whose inputs were scaled to about [-1, 1.5] (see its io.npz), so
-# the demo scales 8-bit pixels to that range instead.
+# the demo scales 8-bit pixels to that range instead. prep_tta.npz is genuine tf-keras on two
+# mini-MIAS crops through this very pipeline (converters/tta_ref.py --raw): it becomes the
+# file's embedded test vector, checked against tract before anything is written.
 $bin convert $case/model.h5 -o $out/whole.onnx --input-size 225x177 \
-    --preprocess rescale=0.0078125,mean=0.5,gray --tta flips4
+    --preprocess rescale=0.0078125,mean=0.5,gray --tta flips4 --reference $case/prep_tta.npz
 
-step "5. The ONNX file proves itself: embedded test vectors"
+step "5. The ONNX file carries genuine Keras's numbers: verify needs nothing else"
 $bin verify $out/whole.onnx
 
 step "6. Predict on real mammograms (mini-MIAS): 8-bit PGM, PNG, JPEG and DICOM MONOCHROME1 with the in-graph pipeline"
@@ -46,7 +48,18 @@ $bin predict fixtures/k208tf_yaroslav_patch/model.h5 fixtures/images/mdb028.pgm 
     --preprocess size=512x512 --heatmap $out/heatmaps
 ls -la $out/heatmaps
 
-step "8. Every bundled fixture: Keras version, dialect, parameter count"
+step "8. Re-head a patch classifier into a whole-image classifier (the paper's add_top_layers)"
+# YaroslavNet patch classifier (1 channel) -> heatmap + max pooling + FC16-8 + shortcut, the
+# seed's DDSM row, at a size the paper never used. Structure and numbers match genuine
+# Keras 2.0.8 running the paper's code (tests/rehead.rs); here the new layers are fresh.
+$bin rehead fixtures/k208_yaroslav_patch/model.h5 -o $out/yaroslav_whole.h5 \
+    --input-size 1000x700 --top heatmap:avg=7,stride=1,pool=5,fc=16-8,shortcut --seed 1
+$bin inspect $out/yaroslav_whole.h5 | tail -14
+$bin convert $out/yaroslav_whole.h5 -o $out/yaroslav_whole.onnx --input-size 1000x700
+$bin predict $out/yaroslav_whole.onnx fixtures/images/mdb028.pgm \
+    --preprocess size=1000x700,rescale=0.0078125,mean=0.5,channels=1
+
+step "9. Every bundled fixture: Keras version, dialect, parameter count"
 for d in fixtures/*/; do
   [ -f "$d/expect.json" ] && { [ -f "$d/model.h5" ] || [ -f "$d/weights.h5" ]; } || continue
   m="$d/model.h5"; args=()
@@ -56,5 +69,5 @@ for d in fixtures/*/; do
   $bin inspect "$m" "${args[@]}" --json | python3 -c 'import json,sys; r=json.load(sys.stdin); v=r["keras_version"] or "?"; print("  %-30s %7s %9d params %4d layers  %s" % (sys.argv[1], v, r["params"], len(r["layers"]), r["dialect"]))' "$(basename "$d")"
 done
 
-step "9. A hostile file is refused, never executed"
+step "10. A hostile file is refused, never executed"
 $bin inspect fixtures/hostile/lambda_and_custom.h5 || echo "(refused as expected)"

@@ -96,4 +96,13 @@ impl Error {
     pub fn graph(msg: impl Into<String>) -> Self {
         Error::Graph(msg.into())
     }
+
+    /// The message alone, for a caller that names the file and the layer itself: a
+    /// [`Error::Graph`] without its `graph:` prefix, any other error as displayed.
+    pub fn message(&self) -> String {
+        match self {
+            Error::Graph(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
 }

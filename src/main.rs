@@ -23,6 +23,8 @@ macro_rules! outln {
     }};
 }
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "allconv",
@@ -81,6 +83,8 @@ enum Command {
     /// Measure (never assert) conversion time, tract latency and peak memory.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Patch classifier -> whole-image classifier, as the paper's add_top_layers builds it.
+    Rehead(cli::rehead::ReheadArgs),
 }
 
 #[derive(Subcommand)]
@@ -197,6 +201,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert_cmd(args),
         Command::Verify(args) => verify_cmd(args),
         Command::Bench(cmd) => bench_cmd(cmd),
+        Command::Rehead(args) => cli::rehead::main(args),
         Command::Inspect { model, json } => match read_model(&model.model, &model.options()) {
             Ok(g) => {
                 let r = InspectReport::new(&g);

@@ -107,3 +107,28 @@ fn weights_only_file_without_architecture_says_what_to_do() {
     );
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// The weight shape is checked from the HDF5 dataspace before any data is read. conv1's
+/// kernel declares (3, 3, 3, 100000) where the config implies (3, 3, 3, 2): 10.8 MB claimed
+/// by a deflate-chunked dataset in a 23 KB file (inside the shape-bomb guard), whose one
+/// written chunk is not deflate data. Reading first (old code) allocates the 10.8 MB and
+/// fails in HDF5 (a decompression error, or "filter plugins disabled" where the HDF5 build
+/// lacks deflate, as the static build without the `zlib` feature does); checking the
+/// dataspace first reports the mismatch.
+#[test]
+fn weight_shape_is_checked_before_the_data_is_read() {
+    let file = common::fixtures_dir()
+        .join("hostile")
+        .join("wrong_shape_unread.h5");
+    let (code, err) = inspect(&file, &[]);
+    assert!(code.is_some() && code != Some(0), "{err}");
+    let want = format!(
+        "{}: layer conv1: weight /model_weights/conv1/conv1/kernel has shape [3, 3, 3, 100000], expected [3, 3, 3, 2]",
+        file.display()
+    );
+    assert!(err.contains(&want), "expected the shape mismatch\n  {want}\ngot\n  {err}");
+    let lower = err.to_lowercase();
+    for not in ["shape bomb", "filter", "inflate", "can't read", "unable", "memory", "alloc"] {
+        assert!(!lower.contains(not), "a {not:?} error, not the shape check: {err}");
+    }
+}

@@ -1,18 +1,56 @@
-//! Every recorded Keras layer, run alone by tract on the very activations genuine Keras fed
-//! it, matches Keras's output within the absolute 1e-4 — no allowance for depth. This is
-//! the layer-by-layer parity proof; the end-to-end per-layer check (tract_parity.rs) adds
-//! what accumulates through the whole network.
+//! Every recorded Keras layer, run alone on the very activations genuine Keras fed it,
+//! matches Keras's output within the absolute 1e-4 — no allowance for depth — in tract and
+//! in libtorch. This is the layer-by-layer parity proof; the end-to-end per-layer check
+//! (tract_parity.rs, torch_parity.rs) adds what accumulates through the whole network.
+//!
+//! Coverage is asserted per fixture: each compares every layer its `expect.json` records
+//! (minus the activations it lists as omitted from `io.npz`), so isolation cannot quietly
+//! stop working on one fixture while the others carry the count.
 
 mod common;
 
 use allconv::keras::read_model;
 use allconv::verify::{verify_layers_local, VerifyOptions};
+use std::collections::BTreeSet;
+
+/// The bound the README states for a layer run alone (absolute).
+const ISOLATED_ATOL: f32 = 1e-4;
+
+/// Skips allowed: a layer whose input activation Keras's `io.npz` omits.
+fn starved(skipped: &[(String, String)]) -> (Vec<String>, Vec<String>) {
+    let (ok, bad): (Vec<_>, Vec<_>) = skipped
+        .iter()
+        .partition(|(_, why)| why.contains("input activation of this layer is not recorded"));
+    (
+        ok.iter().map(|(k, _)| k.trim_start_matches("layer/").to_string()).collect(),
+        bad.iter().map(|(k, why)| format!("{k}: {why}")).collect(),
+    )
+}
+
+/// Prints the README's figures: layer checks, distinct Keras activations (the `k208tf_*`
+/// fixtures share the `k208_*` references through a symlinked `io.npz`), worst error.
+fn summary(runtime: &str, checks: usize, distinct: &BTreeSet<(String, String)>, worst: f32) {
+    println!(
+        "{runtime}: {checks} isolated layer checks, {} distinct genuine-Keras activations, worst {worst:.2e} (bound {ISOLATED_ATOL:e})",
+        distinct.len()
+    );
+}
+
+/// The npz a fixture's references live in, resolved through symlinks.
+fn npz_identity(dir: &std::path::Path) -> String {
+    std::fs::canonicalize(dir.join("io.npz"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
 
 #[test]
 fn every_layer_alone_matches_keras_within_1e_4() {
     let mut failures = Vec::new();
-    let mut checked = 0;
-    for dir in common::model_fixtures() {
+    let (mut checks, mut worst_all) = (0, 0f32);
+    let mut distinct = BTreeSet::new();
+    let dirs = common::model_fixtures();
+    assert!(dirs.len() >= 30, "only {} fixtures found", dirs.len());
+    for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let (model, ropts) = common::read_options(&dir);
         let g = match read_model(&model, &ropts) {
@@ -24,17 +62,21 @@ fn every_layer_alone_matches_keras_within_1e_4() {
         };
         let opts = VerifyOptions {
             per_layer: true,
+            atol: ISOLATED_ATOL,
             ..Default::default()
         };
         let (cmps, skipped) =
             verify_layers_local(&g, &dir.join("io.npz"), &opts).expect("reference readable");
-        for (k, why) in &skipped {
-            if why.starts_with("could not run") {
-                failures.push(format!("{name}: {k}: {why}"));
-            }
+        let (starved, bad) = starved(&skipped);
+        failures.extend(bad.into_iter().map(|b| format!("{name}: {b}")));
+        let compared: Vec<String> = cmps.iter().map(|c| c.name.clone()).collect();
+        failures.extend(common::coverage_failures(&name, &dir, &compared, &starved));
+        checks += cmps.len();
+        for c in &compared {
+            distinct.insert((npz_identity(&dir), c.clone()));
         }
-        checked += cmps.len();
         let worst = cmps.iter().map(|c| c.max_abs_err).fold(0f32, f32::max);
+        worst_all = worst_all.max(worst);
         println!("{name}: {} layers alone, worst {worst:.2e}", cmps.len());
         for c in cmps.iter().filter(|c| !c.passed) {
             failures.push(format!(
@@ -43,7 +85,7 @@ fn every_layer_alone_matches_keras_within_1e_4() {
             ));
         }
     }
-    assert!(checked > 300, "only {checked} layers checked");
+    summary("tract", checks, &distinct, worst_all);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -54,13 +96,19 @@ fn every_layer_alone_in_libtorch_matches_keras_within_1e_4() {
     use allconv::torch::{from_host, to_host, TorchModel};
     use allconv::verify::{compare, isolated_layers, npz::read_npz};
     let mut failures = Vec::new();
-    let mut checked = 0;
-    for dir in common::model_fixtures() {
+    let (mut checks, mut worst_all) = (0, 0f32);
+    let mut distinct = BTreeSet::new();
+    let dirs = common::model_fixtures();
+    assert!(dirs.len() >= 30, "only {} fixtures found", dirs.len());
+    for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let (model, ropts) = common::read_options(&dir);
         let g = read_model(&model, &ropts).expect("fixture reads");
         let refs = read_npz(&dir.join("io.npz")).expect("reference readable");
-        let (layers, _) = isolated_layers(&g, &refs);
+        let (layers, skipped) = isolated_layers(&g, &refs);
+        let (starved, bad) = starved(&skipped);
+        failures.extend(bad.into_iter().map(|b| format!("{name}: {b}")));
+        let mut compared = Vec::new();
         let mut worst = 0f32;
         for l in layers {
             let run = || -> allconv::Result<_> {
@@ -81,11 +129,11 @@ fn every_layer_alone_in_libtorch_matches_keras_within_1e_4() {
                         &h.shape,
                         &l.want.data,
                         &l.want.shape,
-                        1e-4,
+                        ISOLATED_ATOL,
                         0.0,
                     );
                     worst = worst.max(c.max_abs_err);
-                    checked += 1;
+                    compared.push(l.graph.name.clone());
                     if !c.passed {
                         failures.push(format!(
                             "{name}: {} alone in tch differs by {:.3e}",
@@ -96,8 +144,14 @@ fn every_layer_alone_in_libtorch_matches_keras_within_1e_4() {
                 Err(e) => failures.push(format!("{name}: {}: {e}", l.key)),
             }
         }
-        println!("{name}: worst {worst:.2e}");
+        failures.extend(common::coverage_failures(&name, &dir, &compared, &starved));
+        checks += compared.len();
+        for c in &compared {
+            distinct.insert((npz_identity(&dir), c.clone()));
+        }
+        worst_all = worst_all.max(worst);
+        println!("{name}: {} layers alone, worst {worst:.2e}", compared.len());
     }
-    assert!(checked > 300, "only {checked} layers checked");
+    summary("libtorch", checks, &distinct, worst_all);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -11,7 +11,8 @@ use allconv::keras::read_model;
 use allconv::onnx::{export, ExportOptions};
 use allconv::runtime::TractModel;
 use allconv::torch::{
-    from_host, to_host, verify_torch_with, SameRule, TorchModel, TorchVerifyOptions,
+    float64_reference, from_host, to_host, verify_torch_refs, verify_torch_with, SameRule,
+    TorchModel, TorchVerifyOptions,
 };
 use allconv::verify::npz::read_npz;
 use allconv::verify::{compare, reference_inputs, VerifyReport};
@@ -49,34 +50,18 @@ fn check(failures: &mut Vec<String>, name: &str, what: &str, r: allconv::Result<
     }
 }
 
-/// Deep ResNet50 fixtures whose per-layer activations (values ~10) land up to ~1e-3 from
-/// the float32 Keras references in every float32 implementation: on `k208_resnet50_patch`'s
-/// last block tch float32 is 9.7e-4 off, tch float64 (exact arithmetic, same weights)
-/// 9.2e-4, tract 3.8e-4, and tch float32 vs tch float64 6.9e-4: rounding amplified through
-/// 53 BatchNorms, not semantics; the final outputs agree within 4e-6. For these the
-/// layers are held to DRIFT_ATOL (scaled like the layer tolerance) and reported; the
-/// output is still held to 1e-4.
-const KNOWN_FLOAT_DRIFT: &[&str] = &[
-    "k208_resnet50_patch",
-    "k208_resnet50_whole_resnet",
-    "k208tf_resnet50_patch",
-    "k208tf_resnet50_whole_resnet",
-    "tfk_resnet50_whole",
-];
-const DRIFT_ATOL: f32 = 2e-3;
-
-fn layer_atol(name: &str) -> f32 {
-    if KNOWN_FLOAT_DRIFT.contains(&name) {
-        DRIFT_ATOL
-    } else {
-        ATOL
-    }
-}
-
+/// libtorch float32 against genuine Keras, with the bound derived as in tract_parity.rs:
+/// held to the float64 run of the same graph within `common::runtime_bound` (3x Keras's
+/// own float32 error on the fixture, at least 1e-4; outputs absolute, layers times
+/// max(1, max|ref|)), while float64_anchor.rs holds that run to Keras. Before: a fixed
+/// 1e-4 between tch and Keras on the output failed on an AVX2 machine by 1.026e-4 on
+/// `tfk_resnet50_whole`, where every float32 evaluation (Keras's, tract's, tch's) is
+/// 1e-4-3e-4 x range from exact arithmetic in the deep layers, and five ResNet fixtures had
+/// their layers widened to a blanket 2e-3 x range.
 #[test]
 fn torch_matches_keras() {
     let dirs = common::model_fixtures();
-    assert!(!dirs.is_empty(), "no fixtures");
+    assert!(dirs.len() >= 30, "only {} fixtures", dirs.len());
     let mut failures = Vec::new();
     for dir in &dirs {
         let name = name_of(dir);
@@ -88,38 +73,46 @@ fn torch_matches_keras() {
                 continue;
             }
         };
-        // Output: atol 1e-4. Layers: 1e-4 times the layer's range (at least 1), the rule
-        // of tests/tract_parity.rs; DRIFT_ATOL for the known-drift fixtures.
+        let npz = dir.join("io.npz");
+        let keras = read_npz(&npz).expect("io.npz");
+        let exact = float64_reference(&g, &keras, &npz).expect("float64 run");
+        let (keras_err, _) = common::keras_float32_error(&keras, &exact);
+        let bound = common::runtime_bound(keras_err);
         let vo = TorchVerifyOptions {
             per_layer: true,
-            atol: ATOL,
+            atol: bound,
             layer_atol_scaled: true,
             ..Default::default()
         };
-        let strict = verify_torch_with(&g, &name, &dir.join("io.npz"), &vo);
-        match strict {
-            Ok(r) if !r.passed && KNOWN_FLOAT_DRIFT.contains(&name.as_str()) => {
-                eprintln!(
-                    "!! {name}: known float32 drift, max_abs_err {:.3e}, first layer past 1e-4 {:?}",
-                    r.max_abs_err, r.first_diverging_layer
-                );
-                let out_ok = r.outputs.iter().all(|o| o.passed);
-                let vo = TorchVerifyOptions {
-                    atol: DRIFT_ATOL,
-                    ..vo
-                };
-                match verify_torch_with(&g, &name, &dir.join("io.npz"), &vo) {
-                    Ok(d) if d.layers.iter().all(|l| l.passed) && out_ok => {}
-                    Ok(d) => failures.push(format!(
-                        "{name}: output ok {out_ok}, layers past the drift bound {DRIFT_ATOL:e}: {:?}\n{}",
-                        d.first_diverging_layer,
-                        d.to_text()
-                    )),
-                    Err(e) => failures.push(format!("{name}: {e}")),
-                }
+        let r = match verify_torch_refs(&g, &name, &exact, "float64 graph", &vo) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
             }
-            r => check(&mut failures, &name, "io.npz", r),
+        };
+        let direct = verify_torch_refs(&g, &name, &keras, "io.npz", &vo).expect("tch runs");
+        eprintln!(
+            "{name}: tch {} vs float64: output {:.2e}, {} layers, worst {:.2e} x range; bound {bound:.2e} (Keras's own {keras_err:.2e}); vs Keras output {:.2e}",
+            if r.passed { "PASS" } else { "FAIL" },
+            r.outputs[0].max_abs_err,
+            r.layers.len(),
+            common::worst_relative(&r, &exact),
+            direct.outputs[0].max_abs_err
+        );
+        if !r.passed {
+            failures.push(format!(
+                "{name}: vs the float64 graph: output {:.3e}, first diverging layer {:?}\n{}",
+                r.outputs[0].max_abs_err,
+                r.first_diverging_layer,
+                r.to_text()
+            ));
         }
+        for (k, why) in &r.skipped_layers {
+            failures.push(format!("{name}: layer {k} not compared: {why}"));
+        }
+        let compared: Vec<String> = r.layers.iter().map(|c| c.name.clone()).collect();
+        failures.extend(common::coverage_failures(&name, dir, &compared, &[]));
     }
     assert!(
         failures.is_empty(),
@@ -173,18 +166,26 @@ fn torch_tf_same_rule_matches_tf_keras() {
     );
 }
 
-/// tch vs tract (IR -> ONNX -> tract) on the fixture's input: the output and every node
-/// (tract's per-node debug outputs), reporting the first node where they part.
+/// tch vs tract (IR -> ONNX -> tract) on the fixture's input: the output (absolute 1e-4)
+/// and every node, through tract's per-node debug outputs. Each runtime is within
+/// `common::runtime_bound` of the float64 graph (tract_parity.rs, torch_matches_keras), so
+/// the two are held to twice that (times max(1, max|tract|) per node). Every node of every
+/// fixture is compared: a fixture whose per-node export tract refuses fails, it does not
+/// fall back.
 #[test]
 fn torch_matches_tract() {
     let dirs = common::model_fixtures();
+    assert!(dirs.len() >= 30, "only {} fixtures", dirs.len());
     let mut failures = Vec::new();
+    let mut nodes_compared = 0;
     for dir in &dirs {
         let name = name_of(dir);
-        let res = (|| -> allconv::Result<(f32, f32)> {
+        let res = (|| -> allconv::Result<(f32, f32, usize)> {
             let (model, opts) = common::read_options(dir);
             let g = read_model(&model, &opts)?;
             let refs = read_npz(&dir.join("io.npz"))?;
+            let exact = float64_reference(&g, &refs, &dir.join("io.npz"))?;
+            let node_atol = 2.0 * common::runtime_bound(common::keras_float32_error(&refs, &exact).0);
             let inputs = reference_inputs(&refs, g.inputs.len(), &dir.join("io.npz"))?;
             let input = &inputs[0];
             let shapes: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape.clone()).collect();
@@ -200,28 +201,9 @@ fn torch_matches_tract() {
                 debug_outputs: true,
                 ..Default::default()
             };
-            // Per-node debug outputs where tract accepts them, else the output only.
-            let (tract, per_node) = match export(&g, &eo)
-                .and_then(|ex| Ok((ex.to_bytes()?, ex.output_names.len())))
-                .and_then(|(b, n)| {
-                    Ok((TractModel::load_multi(&b, &shapes, 2)?.run_multi(&data)?, n))
-                }) {
-                Ok((t, n)) => (t, Some(n)),
-                Err(e) => {
-                    eprintln!(
-                        "{name}: tract with per-node outputs: {e}; comparing the output only"
-                    );
-                    let eo = ExportOptions {
-                        debug_outputs: false,
-                        ..eo
-                    };
-                    let ex = export(&g, &eo)?;
-                    (
-                        TractModel::load_multi(&ex.to_bytes()?, &shapes, 2)?.run_multi(&data)?,
-                        None,
-                    )
-                }
-            };
+            let ex = export(&g, &eo)?;
+            let first_debug = ex.output_names.len();
+            let tract = TractModel::load_multi(&ex.to_bytes()?, &shapes, 2)?.run_multi(&data)?;
             let tm = TorchModel::new(&g, Device::Cpu)?;
             let xs = inputs
                 .iter()
@@ -236,37 +218,40 @@ fn torch_matches_tract() {
                 .first()
                 .ok_or_else(|| allconv::Error::Other("tract: no output".into()))?;
             let out = compare(
-                "output", &th.data, &th.shape, &tr.data, &tr.shape, ATOL, 0.0,
+                "output", &th.data, &th.shape, &tr.data, &tr.shape, node_atol, 0.0,
             );
-            // Per node (tract's debug outputs follow the model outputs, one per node):
-            // the layer tolerance, scaled by the node's range.
+            // Per node: tract's debug outputs follow the model outputs, one per node.
+            let all = tm.forward_all_inputs(&xs)?;
+            if tract.len() != first_debug + all.len() || all.len() != g.nodes.len() {
+                return Err(allconv::Error::Other(format!(
+                    "{} tract debug outputs and {} tch nodes for {} IR nodes",
+                    tract.len() - first_debug,
+                    all.len(),
+                    g.nodes.len()
+                )));
+            }
             let mut worst = 0f32;
             let mut first_bad = None;
-            if let Some(first_debug) = per_node {
-                let atol = layer_atol(&name);
-                for (i, (node, t)) in tm.forward_all_inputs(&xs)?.iter().enumerate() {
-                    let Some(o) = tract.get(first_debug + i) else {
-                        continue;
-                    };
-                    let h = to_host(t)?;
-                    let scale = o.data.iter().fold(1f32, |m, v| m.max(v.abs()));
-                    let c = compare(
-                        node,
-                        &h.data,
-                        &h.shape,
-                        &o.data,
-                        &o.shape,
-                        atol * scale,
-                        0.0,
-                    );
-                    worst = worst.max(c.max_abs_err);
-                    if !c.passed && first_bad.is_none() {
-                        first_bad = Some(format!("{node} (max_abs_err {:.3e})", c.max_abs_err));
-                    }
+            for (i, (node, t)) in all.iter().enumerate() {
+                let o = &tract[first_debug + i];
+                let h = to_host(t)?;
+                let scale = o.data.iter().fold(1f32, |m, v| m.max(v.abs()));
+                let c = compare(
+                    node,
+                    &h.data,
+                    &h.shape,
+                    &o.data,
+                    &o.shape,
+                    node_atol * scale,
+                    0.0,
+                );
+                worst = worst.max(c.max_abs_err / scale);
+                if !c.passed && first_bad.is_none() {
+                    first_bad = Some(format!("{node} (max_abs_err {:.3e})", c.max_abs_err));
                 }
             }
             match (out.passed, first_bad) {
-                (true, None) => Ok((out.max_abs_err, worst)),
+                (true, None) => Ok((out.max_abs_err, worst, all.len())),
                 (_, bad) => Err(allconv::Error::Other(format!(
                     "tch vs tract: output max_abs_err {:.3e}; first node apart: {bad:?}",
                     out.max_abs_err
@@ -274,12 +259,16 @@ fn torch_matches_tract() {
             }
         })();
         match res {
-            Ok((e, w)) => {
-                eprintln!("{name} [tch vs tract]: PASS output max_abs_err {e:.3e}, nodes {w:.3e}")
+            Ok((e, w, n)) => {
+                nodes_compared += n;
+                eprintln!(
+                    "{name} [tch vs tract]: PASS output {e:.3e}, {n} nodes, worst {w:.3e} x range"
+                )
             }
             Err(e) => failures.push(format!("{name} [tch vs tract]: {e}")),
         }
     }
+    eprintln!("tch vs tract: {nodes_compared} nodes over {} fixtures", dirs.len());
     assert!(
         failures.is_empty(),
         "{} failure(s) over {} fixtures:\n{}",
@@ -315,29 +304,40 @@ fn torch_model_api() {
     assert!(tm.forward_t(&bad, false).is_err());
 }
 
-/// Same check on the GPU when one is present (skipped otherwise).
+/// The same bound on a GPU: libtorch on CUDA against the float64 graph (on the CPU), within
+/// `common::runtime_bound` on the output and every layer.
+/// Ignored by default, so a machine without a GPU reports it as ignored, never as passed;
+/// run with `--ignored` it fails when CUDA is missing. On a lent GPU machine (no Rust there):
+/// `scripts/gpu_check.sh build` here, then `scripts/gpu_check.sh run` there. Not yet run on a GPU: cuDNN may pick TF32 convolutions, and
+/// then this bound will fail and say so.
 #[test]
-fn torch_cuda_when_available() {
-    if !tch::Cuda::is_available() {
-        eprintln!("no CUDA device: skipped");
-        return;
-    }
+#[ignore = "needs a CUDA device: scripts/gpu_check.sh"]
+fn torch_cuda_matches_float64_graph() {
+    assert!(
+        allconv::torch::load_cuda(),
+        "no CUDA device visible to libtorch (libtorch_cuda.so not found, or no GPU)"
+    );
     let mut failures = Vec::new();
-    for case in ["k208_conv", "k208_resnet50_patch", "k208_vgg16_patch"] {
+    for case in ["k208_conv", "k208_resnet50_patch", "k208_vgg16_patch", "tfk_resnet50_whole"] {
         let dir = common::fixtures_dir().join(case);
         let (model, opts) = common::read_options(&dir);
         let g = read_model(&model, &opts).expect("reads");
+        let npz = dir.join("io.npz");
+        let keras = read_npz(&npz).expect("io.npz");
+        let exact = float64_reference(&g, &keras, &npz).expect("float64 run");
+        let bound = common::runtime_bound(common::keras_float32_error(&keras, &exact).0);
         let vo = TorchVerifyOptions {
             device: Device::Cuda(0),
             per_layer: true,
-            atol: ATOL,
+            atol: bound,
+            layer_atol_scaled: true,
             ..Default::default()
         };
         check(
             &mut failures,
             case,
-            "cuda",
-            verify_torch_with(&g, case, &dir.join("io.npz"), &vo),
+            "cuda vs float64 graph",
+            verify_torch_refs(&g, case, &exact, "float64 graph", &vo),
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

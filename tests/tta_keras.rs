@@ -71,3 +71,76 @@ fn in_graph_flips4_equals_the_mean_of_four_keras_predictions() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `convert --preprocess ... --tta flips4 --reference prep_tta.npz` embeds genuine Keras's
+/// vectors: raw grey mammogram pixels in, tf-keras's 4-flip mean out (converters/tta_ref.py
+/// --raw), and `verify` on the file alone then checks against Keras, not against itself.
+/// A reference that does not fit the wrapped graph is an error, never dropped silently.
+#[test]
+fn convert_embeds_genuine_keras_vectors_through_preprocess_and_tta() {
+    use allconv::onnx::InGraphPreprocess;
+    use allconv::verify::{convert, verify_onnx, ConvertOptions, VerifyOptions, SELF_RUN};
+    let dir = common::fixtures_dir().join("k208tf_resnet50_whole_resnet");
+    let tmp = std::env::temp_dir().join(format!("allconv-tta-ref-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (model, ropts) = common::read_options(&dir);
+    let prep: InGraphPreprocess = "rescale=0.0078125,mean=0.5,gray".parse().unwrap();
+    let opts = |preprocess: Option<InGraphPreprocess>, tta: bool, reference: Option<&str>| {
+        ConvertOptions {
+            read: ropts.clone(),
+            export: ExportOptions {
+                input_size: Some(vec![225, 177]),
+                preprocess,
+                tta: tta.then_some(Tta::Flips4),
+                ..Default::default()
+            },
+            reference: reference.map(|r| dir.join(r)),
+            threads: 2,
+            ..Default::default()
+        }
+    };
+    // Genuine vectors through the whole wrapped graph.
+    let out = tmp.join("whole.onnx");
+    let r = convert(
+        &model,
+        &out,
+        &opts(Some(prep.clone()), true, Some("prep_tta.npz")),
+    )
+    .expect("converts with the genuine prep+TTA reference");
+    assert_eq!(r.test_vector_source, "keras_reference");
+    let err = r.reference_max_abs_err.expect("compared at conversion");
+    println!("prep+TTA: tract vs tf-keras at conversion {err:.2e}");
+    assert!(err <= 1e-4, "{err}");
+    let v = verify_onnx(&out, None, &VerifyOptions::default()).expect("verify runs");
+    assert!(v.passed, "{}", v.to_text());
+    assert!(v.reference.contains("keras_reference"), "{}", v.reference);
+    // TTA only, against tta.npz.
+    let r = convert(&model, &out, &opts(None, true, Some("tta.npz"))).expect("tta only");
+    assert_eq!(r.test_vector_source, "keras_reference");
+    // References that do not fit: clear errors, nothing written.
+    for (p, tta, reference, phrase) in [
+        (Some(prep.clone()), true, "io.npz", "preprocessed"),
+        (None, true, "io.npz", "flips"),
+        (None, false, "tta.npz", "--tta flips4"),
+        (None, true, "prep_tta.npz", "--preprocess"),
+        (
+            Some("rescale=0.00390625,mean=0.5,gray".parse().unwrap()),
+            true,
+            "prep_tta.npz",
+            "other parameters",
+        ),
+    ] {
+        let out = tmp.join("refused.onnx");
+        let e = convert(&model, &out, &opts(p, tta, Some(reference)))
+            .expect_err("an ill-fitting reference is refused")
+            .to_string();
+        assert!(e.contains(phrase), "{reference}: {e}");
+        assert!(!out.exists(), "{reference}: nothing written");
+    }
+    // Without a reference, the vector is a labelled self-run.
+    let r = convert(&model, &out, &opts(Some(prep), true, None)).expect("self-run");
+    assert_eq!(r.test_vector_source, SELF_RUN);
+    let v = verify_onnx(&out, None, &VerifyOptions::default()).expect("verify runs");
+    assert!(v.reference.contains("not parity"), "{}", v.reference);
+    std::fs::remove_dir_all(&tmp).ok();
+}

@@ -16,7 +16,11 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = checked_product(&shape).ok_or_else(|| {
+            Error::graph(format!(
+                "tensor of shape {shape:?}: the value count overflows"
+            ))
+        })?;
         if n != data.len() {
             return Err(Error::graph(format!(
                 "tensor of shape {shape:?} needs {n} values, got {}",
@@ -234,6 +238,8 @@ impl Graph {
                     input.data_format,
                 );
             }
+            check_shape(&shape)
+                .map_err(|e| Error::graph(format!("input {}: {}", input.name, e.message())))?;
             let v = input.value;
             self.values[v].shape = shape;
         }
@@ -265,9 +271,97 @@ fn channels_of(c: &Dim) -> Result<usize> {
         .ok_or_else(|| Error::graph("the channel dimension must be known"))
 }
 
+/// Every size in an op's config (they come from files) at most [`MAX_DIM`], named by its
+/// Keras config key, and each dilated window representable. Run before any arithmetic on
+/// them: by [`infer_op`], and by the Keras reader before it looks at the layer's weights.
+pub fn check_op_sizes(op: &Op) -> Result<()> {
+    fn each(key: &str, v: &[usize]) -> Result<()> {
+        v.iter().try_for_each(|&n| check_dim(key, n).map(drop))
+    }
+    fn windows(k: &[usize], d: &[usize]) -> Result<()> {
+        k.iter()
+            .zip(d)
+            .try_for_each(|(&k, &d)| dilated_window(k.max(1), d.max(1)).map(drop))
+    }
+    match op {
+        Op::Conv(c) => {
+            check_dim("filters", c.filters)?;
+            each("kernel_size", &c.kernel)?;
+            each("strides", &c.strides)?;
+            each("dilation_rate", &c.dilation)?;
+            windows(&c.kernel, &c.dilation)
+        }
+        Op::DepthwiseConv(c) => {
+            check_dim("depth_multiplier", c.depth_multiplier)?;
+            if let Some(f) = c.pointwise_filters {
+                check_dim("filters", f)?;
+            }
+            each("kernel_size", &c.kernel)?;
+            each("strides", &c.strides)?;
+            each("dilation_rate", &c.dilation)?;
+            windows(&c.kernel, &c.dilation)
+        }
+        Op::Dense(c) => check_dim("units", c.units).map(drop),
+        Op::Pool(p) => {
+            each("pool_size", &p.pool)?;
+            each("strides", &p.strides)
+        }
+        Op::ZeroPadding(e) | Op::Cropping(e) => {
+            let key = if matches!(op, Op::ZeroPadding(_)) {
+                "padding"
+            } else {
+                "cropping"
+            };
+            for &(a, b) in &e.edges {
+                check_dim(key, a)?;
+                check_dim(key, b)?;
+            }
+            Ok(())
+        }
+        Op::UpSampling(u) => each("size", &u.size),
+        Op::Reshape { target } => {
+            let fixed: Vec<usize> = target
+                .iter()
+                .filter(|&&t| t > 0)
+                .map(|&t| t as usize)
+                .collect();
+            each("target_shape", &fixed)?;
+            if checked_product(&fixed).is_none() {
+                return Err(Error::graph(format!(
+                    "target_shape {target:?} holds more values than a 64-bit count"
+                )));
+            }
+            Ok(())
+        }
+        Op::RepeatVector { n } => check_dim("n", *n).map(drop),
+        Op::BatchNorm(_)
+        | Op::Activation(_)
+        | Op::PRelu { .. }
+        | Op::Dropout { .. }
+        | Op::Flatten
+        | Op::Permute { .. }
+        | Op::GlobalPool(_)
+        | Op::Merge(_)
+        | Op::Concatenate { .. } => Ok(()),
+    }
+}
+
 /// Output shape of one op. `weight` gives a parameter's shape by slot (used to check
-/// that channels agree with the stored kernels).
+/// that channels agree with the stored kernels). The op's sizes are checked first
+/// ([`check_op_sizes`]) and the result is a checked shape ([`check_shape`]): no size
+/// arithmetic here can overflow.
 pub fn infer_op(
+    op: &Op,
+    ins: &[&Shape],
+    weight: impl Fn(&str) -> Option<Vec<usize>>,
+) -> Result<Shape> {
+    check_op_sizes(op)?;
+    let out = infer_op_unchecked(op, ins, weight)?;
+    check_shape(&out)?;
+    Ok(out)
+}
+
+fn infer_op_unchecked(
     op: &Op,
     ins: &[&Shape],
     weight: impl Fn(&str) -> Option<Vec<usize>>,
@@ -280,10 +374,9 @@ pub fn infer_op(
                           p: Padding|
      -> Result<(Vec<Dim>, Dim)> {
         let (sp, c) = split_channels(x, fmt)?;
-        if sp.len() != k.len() {
+        if sp.len() != k.len() || s.len() != k.len() || d.len() != k.len() {
             return Err(Error::graph(format!(
-                "kernel of rank {} on an input with {} spatial dims",
-                k.len(),
+                "window {k:?} (strides {s:?}, dilation {d:?}) on an input with {} spatial dims",
                 sp.len()
             )));
         }
@@ -296,7 +389,11 @@ pub fn infer_op(
     };
     let check_in = |slot: &str, axis_from_end: usize, c: &Dim| -> Result<()> {
         if let (Some(w), Some(c)) = (weight(slot), c.known()) {
-            let got = w[w.len() - axis_from_end];
+            let Some(&got) = w.len().checked_sub(axis_from_end).and_then(|i| w.get(i)) else {
+                return Err(Error::graph(format!(
+                    "{slot} of shape {w:?} has too few axes"
+                )));
+            };
             if got != c {
                 return Err(Error::graph(format!(
                     "{slot} expects {got} input channels, the input has {c}"
@@ -332,7 +429,14 @@ pub fn infer_op(
             check_in("depthwise_kernel", 2, &ch)?;
             let out = match c.pointwise_filters {
                 Some(f) => f,
-                None => channels_of(&ch)? * c.depth_multiplier,
+                None => channels_of(&ch)?
+                    .checked_mul(c.depth_multiplier)
+                    .ok_or_else(|| {
+                        Error::graph(format!(
+                            "{} channels x depth_multiplier {} overflows",
+                            ch, c.depth_multiplier
+                        ))
+                    })?,
             };
             Ok(join_channels(sp, Dim::Known(out), c.data_format))
         }
@@ -374,7 +478,7 @@ pub fn infer_op(
         Op::PRelu { .. } | Op::Dropout { .. } => Ok(one(ins)?.clone()),
         Op::Flatten => {
             let x = one(ins)?;
-            Ok(vec![match num_elements(x) {
+            Ok(vec![match num_elements(x)? {
                 Some(n) => Dim::Known(n),
                 None => Dim::Sym(
                     x.iter()
@@ -390,12 +494,17 @@ pub fn infer_op(
             if unknown > 1 || target.iter().any(|&t| t < -1 || t == 0) {
                 return Err(Error::graph(format!("invalid target shape {target:?}")));
             }
-            let fixed: usize = target
+            let positive: Vec<usize> = target
                 .iter()
                 .filter(|&&t| t > 0)
                 .map(|&t| t as usize)
-                .product();
-            let total = num_elements(x);
+                .collect();
+            let fixed = checked_product(&positive).ok_or_else(|| {
+                Error::graph(format!(
+                    "target_shape {target:?} holds more values than a 64-bit count"
+                ))
+            })?;
+            let total = num_elements(x)?;
             let mut out = Vec::new();
             for &t in target {
                 out.push(if t > 0 {
@@ -445,7 +554,16 @@ pub fn infer_op(
             let sp = sp
                 .iter()
                 .zip(&e.edges)
-                .map(|(d, (a, b))| if pad { Ok(d.add(a + b)) } else { d.sub(a + b) })
+                .map(|(d, &(a, b))| {
+                    let both = a
+                        .checked_add(b)
+                        .ok_or_else(|| Error::graph(format!("edges {a} + {b} overflow")))?;
+                    if pad {
+                        d.add(both)
+                    } else {
+                        d.sub(both)
+                    }
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok(join_channels(sp, c, e.data_format))
         }
@@ -455,7 +573,11 @@ pub fn infer_op(
             if sp.len() != u.size.len() {
                 return Err(Error::graph("upsampling rank does not match the input"));
             }
-            let sp = sp.iter().zip(&u.size).map(|(d, &f)| d.mul(f)).collect();
+            let sp = sp
+                .iter()
+                .zip(&u.size)
+                .map(|(d, &f)| d.mul(f))
+                .collect::<Result<Vec<_>>>()?;
             Ok(join_channels(sp, c, u.data_format))
         }
         Op::Pool(p) => {
@@ -508,7 +630,12 @@ pub fn infer_op(
                     }
                 }
                 out[a] = match (&out[a], &s[a]) {
-                    (Dim::Known(x), Dim::Known(y)) => Dim::Known(x + y),
+                    (Dim::Known(x), Dim::Known(y)) => Dim::Known(check_dim(
+                        "dimension",
+                        x.checked_add(*y).ok_or_else(|| {
+                            Error::graph(format!("Concatenate: {x} + {y} overflows"))
+                        })?,
+                    )?),
                     (x, y) => Dim::Sym(format!("{x}+{y}")),
                 };
             }
@@ -547,4 +674,137 @@ fn broadcast_all(ins: &[&Shape]) -> Result<Shape> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BIG: usize = 1 << 62;
+
+    fn known(dims: &[usize]) -> Shape {
+        dims.iter().map(|&d| Dim::Known(d)).collect()
+    }
+
+    fn infer(op: Op, ins: &[Shape]) -> Result<Shape> {
+        let refs: Vec<&Shape> = ins.iter().collect();
+        infer_op(&op, &refs, |_| None)
+    }
+
+    fn conv(kernel: usize, strides: usize, dilation: usize) -> Op {
+        Op::Conv(ConvConfig {
+            filters: 2,
+            kernel: vec![kernel; 2],
+            strides: vec![strides; 2],
+            dilation: vec![dilation; 2],
+            padding: Padding::Same,
+            data_format: DataFormat::ChannelsLast,
+            use_bias: true,
+            activation: Activation::Linear,
+        })
+    }
+
+    /// Every size-carrying op with a size from a hostile config: an error naming the
+    /// config key, never a panic (old code: overflow panics, or silent acceptance).
+    #[test]
+    fn hostile_sizes_are_errors_not_panics() {
+        let x = known(&[6, 6, 3]);
+        let err = |op: Op, ins: &[Shape]| match infer(op, ins) {
+            Ok(s) => panic!("accepted, shape {s:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err(conv(3, 1, BIG), &[x.clone()]).contains("dilation_rate"));
+        assert!(err(conv(3, BIG, 1), &[x.clone()]).contains("strides"));
+        assert!(err(conv(BIG, 1, 1), &[x.clone()]).contains("kernel_size"));
+        // Each size in bounds, the dilated window not.
+        assert!(err(conv(1 << 16, 1, 1 << 16), &[x.clone()]).contains("dilated"));
+        let pool = Op::Pool(PoolConfig {
+            kind: PoolKind::Max,
+            pool: vec![BIG; 2],
+            strides: vec![BIG; 2],
+            padding: Padding::Same,
+            data_format: DataFormat::ChannelsLast,
+        });
+        assert!(err(pool, &[x.clone()]).contains("pool_size"));
+        let dense = Op::Dense(DenseConfig {
+            units: BIG,
+            use_bias: true,
+            activation: Activation::Linear,
+        });
+        assert!(err(dense, &[known(&[4])]).contains("units"));
+        let depthwise = |m: usize| {
+            Op::DepthwiseConv(DepthwiseConfig {
+                depth_multiplier: m,
+                pointwise_filters: None,
+                kernel: vec![3, 3],
+                strides: vec![1, 1],
+                dilation: vec![1, 1],
+                padding: Padding::Same,
+                data_format: DataFormat::ChannelsLast,
+                use_bias: false,
+                activation: Activation::Linear,
+            })
+        };
+        assert!(err(depthwise(1 << 63), &[x.clone()]).contains("depth_multiplier"));
+        // In bounds, but channels x multiplier is not.
+        assert!(err(depthwise(1 << 30), &[known(&[6, 6, 4])]).contains("larger than"));
+        let edges = |e: usize| SpatialEdges {
+            edges: vec![(e, e), (1, 1)],
+            data_format: DataFormat::ChannelsLast,
+        };
+        assert!(err(Op::ZeroPadding(edges(1 << 63)), &[x.clone()]).contains("padding"));
+        assert!(err(Op::ZeroPadding(edges(1 << 30)), &[x.clone()]).contains("larger than"));
+        assert!(err(Op::Cropping(edges(1 << 63)), &[x.clone()]).contains("cropping"));
+        let up = |f: usize| {
+            Op::UpSampling(UpSamplingConfig {
+                size: vec![f, 1],
+                data_format: DataFormat::ChannelsLast,
+                interpolation: Interpolation::Nearest,
+            })
+        };
+        assert!(err(up(BIG), &[x.clone()]).contains("size"));
+        assert!(err(up(1 << 30), &[x.clone()]).contains("larger than"));
+        let reshape = Op::Reshape {
+            target: vec![1 << 30, 1 << 30, 1 << 30, -1],
+        };
+        assert!(err(reshape, &[known(&[2])]).contains("target_shape"));
+        assert!(err(Op::RepeatVector { n: 1 << 63 }, &[known(&[2])]).contains("n "));
+        // Flatten and Concatenate of in-bounds shapes whose result is not.
+        assert!(err(Op::Flatten, &[known(&[1 << 30, 1 << 30, 4])]).contains("larger than"));
+        assert!(err(Op::Flatten, &[known(&[1 << 31, 1 << 31, 4])]).contains("64-bit"));
+        let half = known(&[MAX_DIM, 2]);
+        assert!(err(Op::Concatenate { axis: 1 }, &[half.clone(), half]).contains("larger than"));
+    }
+
+    #[test]
+    fn ordinary_sizes_still_infer() {
+        let x = known(&[6, 6, 3]);
+        assert_eq!(
+            infer(conv(3, 2, 1), &[x.clone()]).unwrap(),
+            known(&[3, 3, 2])
+        );
+        assert_eq!(infer(Op::Flatten, &[x.clone()]).unwrap(), known(&[108]));
+        let r = Op::Reshape {
+            target: vec![-1, 9],
+        };
+        assert_eq!(infer(r, &[known(&[108])]).unwrap(), known(&[12, 9]));
+    }
+
+    #[test]
+    fn tensor_and_input_sizes_are_checked() {
+        assert!(Tensor::new(vec![1 << 32, 1 << 32, 2], vec![]).is_err());
+        let mut g = Graph::default();
+        g.add_input(
+            "img",
+            vec![Dim::sym("H"), Dim::sym("W"), Dim::Known(3)],
+            DataFormat::ChannelsLast,
+        );
+        // --input-size is a size from the command line: bounded like the file's.
+        let e = g
+            .infer_shapes(Some(&[1usize << 40, 8][..]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("input img") && e.contains("larger than"), "{e}");
+        assert!(g.infer_shapes(Some(&[8usize, 8][..])).is_ok());
+    }
 }

@@ -193,9 +193,11 @@ impl H5File {
         Ok(if chunk == 0 { None } else { Some(out) })
     }
 
-    /// Read a float dataset as f32 after the safety checks. `expected` is checked before
-    /// a byte is read, so a wrong or hostile shape never allocates.
-    pub fn read_tensor(&self, path: &str, expected: Option<&[usize]>) -> Result<Tensor> {
+    /// Open a weight dataset and run every safety check on its metadata, reading no data:
+    /// hard links only, no virtual or external storage, no filter beyond deflate, shuffle
+    /// and fletcher32, a float type, rank at most 5, and no more declared bytes than the
+    /// file can hold (a shape bomb). Returns the dataset and its declared shape.
+    fn open_weight(&self, path: &str) -> Result<(hdf5::Dataset, Vec<usize>)> {
         if !self.exists(path)? {
             return Err(self.format_err(path, "dataset not found"));
         }
@@ -250,6 +252,21 @@ impl H5File {
                 ),
             ));
         }
+        Ok((ds, shape))
+    }
+
+    /// The declared shape of a weight dataset, from its HDF5 dataspace, after the safety
+    /// checks of [`Self::read_tensor`]; no data is read. The Keras reader compares it with
+    /// the shape the config implies before it reads anything.
+    pub fn weight_shape(&self, path: &str) -> Result<Vec<usize>> {
+        self.open_weight(path).map(|(_, shape)| shape)
+    }
+
+    /// Read a float dataset as f32 after the safety checks. `expected` is checked against
+    /// the declared shape before a byte is read, so a wrong or hostile shape never
+    /// allocates.
+    pub fn read_tensor(&self, path: &str, expected: Option<&[usize]>) -> Result<Tensor> {
+        let (ds, shape) = self.open_weight(path)?;
         if let Some(exp) = expected {
             if exp != shape.as_slice() {
                 return Err(self.format_err(path, format!("shape {shape:?}, expected {exp:?}")));

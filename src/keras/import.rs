@@ -104,23 +104,78 @@ pub fn read_model(path: &Path, opts: &ReadOptions) -> Result<Graph> {
     };
     let dialect = dialect_name(&model, keras1, keras3, keras_version.as_deref());
 
-    refuse_code_and_unknowns(&model, "", path)?;
-
-    let mut b = Builder {
+    let source = Source {
+        file: path.display().to_string(),
+        keras_version,
+        backend: file_backend,
+        dialect,
+        model_class: model.class.clone(),
+        warnings,
+        model_config: Some(config_text),
+    };
+    let weights = WeightSource::H5 {
         file: &file,
         index: &index,
+    };
+    let theano = backend.as_deref() == Some("theano");
+    build_graph(&model, weights, source, keras1, keras3, theano, opts.input_size.as_deref())
+}
+
+/// The IR of a Keras `model_config` whose weights are already in memory, under
+/// `{layer_path}.{slot}` in Keras 2 TensorFlow layout (what [`crate::passes::rehead`] makes):
+/// the same importer as [`read_model`], so the graph is the one the written `.h5` holds.
+/// `source` describes it (`model_config` must be the config's text).
+pub fn graph_from_config(
+    config: &Value,
+    params: &std::collections::BTreeMap<String, Tensor>,
+    source: Source,
+    input_size: Option<&[usize]>,
+) -> Result<Graph> {
+    let label = PathBuf::from(&source.file);
+    let model = config::parse_model(config).map_err(|message| Error::BadJson {
+        file: label.clone(),
+        message,
+    })?;
+    let weights = WeightSource::Memory {
+        label: &label,
+        params,
+    };
+    build_graph(&model, weights, source, false, false, false, input_size)
+}
+
+/// Build the graph of a parsed config: refused layers all reported at once, weights from
+/// `weights`, shapes inferred at `input_size`.
+fn build_graph(
+    model: &ModelConfig,
+    weights: WeightSource,
+    mut source: Source,
+    keras1: bool,
+    keras3: bool,
+    theano: bool,
+    input_size: Option<&[usize]>,
+) -> Result<Graph> {
+    let path = PathBuf::from(&source.file);
+    let path = path.as_path();
+    refuse_code_and_unknowns(model, "", path)?;
+    let bad = |what: &str, message: String| Error::BadFormat {
+        file: path.to_path_buf(),
+        what: what.into(),
+        message,
+    };
+    let mut b = Builder {
+        weights,
         graph: Graph::default(),
         keras1,
         keras3,
-        theano: backend.as_deref() == Some("theano"),
+        theano,
         problems: Vec::new(),
         weight_group: None,
         records: HashMap::new(),
-        warnings,
+        warnings: std::mem::take(&mut source.warnings),
     };
     b.graph.name = model.name.clone();
-    b.collect_records(&model, "", 0, true);
-    let outs = b.build_container(&model, "", "", None)?;
+    b.collect_records(model, "", 0, true);
+    let outs = b.build_container(model, "", "", None)?;
     if !b.problems.is_empty() {
         return Err(Error::Refused {
             file: path.to_path_buf(),
@@ -140,17 +195,10 @@ pub fn read_model(path: &Path, opts: &ReadOptions) -> Result<Graph> {
             DataFormat::ChannelsLast
         };
     }
-    graph.source = Source {
-        file: path.display().to_string(),
-        keras_version,
-        backend: file_backend,
-        dialect,
-        model_class: model.class.clone(),
-        warnings: b.warnings,
-        model_config: Some(config_text),
-    };
+    source.warnings = b.warnings;
+    graph.source = source;
     graph
-        .infer_shapes(opts.input_size.as_deref())
+        .infer_shapes(input_size)
         .map_err(|e| Error::Graph(format!("{}: {e}", path.display())))?;
     Ok(graph)
 }
@@ -257,9 +305,21 @@ fn merge_carries_code(cfg: &Value) -> bool {
         || typed("output_mask_type")
 }
 
+/// Where a layer's weights come from: an `.h5` file's weight groups, or tensors already
+/// in memory under `{layer_path}.{slot}` in Keras 2 TensorFlow layout ([`graph_from_config`]).
+enum WeightSource<'a> {
+    H5 {
+        file: &'a H5File,
+        index: &'a WeightIndex,
+    },
+    Memory {
+        label: &'a Path,
+        params: &'a std::collections::BTreeMap<String, Tensor>,
+    },
+}
+
 struct Builder<'a> {
-    file: &'a H5File,
-    index: &'a WeightIndex,
+    weights: WeightSource<'a>,
     graph: Graph,
     keras1: bool,
     keras3: bool,
@@ -306,7 +366,10 @@ impl Builder<'_> {
     }
 
     fn file_err(&self) -> PathBuf {
-        self.file.path().to_path_buf()
+        match &self.weights {
+            WeightSource::H5 { file, .. } => file.path().to_path_buf(),
+            WeightSource::Memory { label, .. } => label.to_path_buf(),
+        }
     }
 
     /// Instantiate one call of a model. `inputs` is `None` for the outermost model (its
@@ -421,11 +484,28 @@ impl Builder<'_> {
             .ok_or_else(|| {
                 self.bad_json(format!("input layer {} has no batch_input_shape", l.name))
             })?;
+        let input_err = |message: String| Error::Layer {
+            file: self.file_err(),
+            layer: format!("{prefix}{}", l.name),
+            class: l.class.clone(),
+            message,
+        };
+        // null is an unknown size; anything else must be a size allconv accepts.
         let dims: Vec<Option<usize>> = shape
             .iter()
             .skip(1)
-            .map(|d| d.as_u64().map(|u| u as usize))
-            .collect();
+            .map(|d| match d {
+                Value::Null => Ok(None),
+                _ => match d.as_u64() {
+                    Some(u) => check_dim("batch_input_shape dimension", u as usize)
+                        .map(Some)
+                        .map_err(|e| input_err(e.message())),
+                    None => Err(input_err(format!(
+                        "batch_input_shape dimension {d} is neither a size nor null"
+                    ))),
+                },
+            })
+            .collect::<Result<_>>()?;
         let rank = dims.len();
         let names: &[&str] = match rank {
             3 => &["H", "W", "C"],
@@ -440,6 +520,8 @@ impl Builder<'_> {
                 None => Dim::sym(names.get(i).copied().unwrap_or("N")),
             })
             .collect();
+        check_shape(&shape)
+            .map_err(|e| input_err(format!("batch_input_shape: {}", e.message())))?;
         Ok(self.graph.add_input(
             &format!("{prefix}{}", l.name),
             shape,
@@ -510,6 +592,15 @@ impl Builder<'_> {
                 return Ok(vec![None]);
             }
         };
+        // Every size in the config bounded before any arithmetic on it or any weight read.
+        if let Err(e) = ops.iter().try_for_each(check_op_sizes) {
+            self.problems.push(RefusedLayer {
+                path,
+                class: l.class.clone(),
+                reason: e.message(),
+            });
+            return Ok(vec![None]);
+        }
         let unread = ctx.unread_keys();
         if !unread.is_empty() && call == 0 {
             self.warnings.push(format!(
@@ -572,7 +663,7 @@ impl Builder<'_> {
         let shape = infer_op(&node.op, &ins, |slot| {
             g.params.get(&node.param_key(slot)).map(|t| t.shape.clone())
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.message())?;
         let out = node.output;
         self.graph.values[out].shape = shape;
         Ok(())
@@ -598,25 +689,87 @@ impl Builder<'_> {
         let slots = op.weight_slots();
         let input = shapes.first().ok_or_else(|| layer_err("no input".into()))?;
         let expected = expected_shapes(op, input).map_err(layer_err)?;
+        let (h5, index) = match &self.weights {
+            WeightSource::H5 { file, index } => (*file, *index),
+            WeightSource::Memory { params, .. } => {
+                // Already in Keras 2 TensorFlow layout: shape-checked, copied.
+                let mut names = Vec::new();
+                for slot in &slots {
+                    let key = format!("{path}.{slot}");
+                    let t = params.get(&key).ok_or_else(|| Error::MissingWeight {
+                        file: self.file_err(),
+                        layer: path.to_string(),
+                        weight: slot.to_string(),
+                    })?;
+                    let want = expected.get(*slot).ok_or_else(|| Error::Layer {
+                        file: self.file_err(),
+                        layer: path.to_string(),
+                        class: l.class.clone(),
+                        message: format!("no expected shape for weight {slot}"),
+                    })?;
+                    if &t.shape != want {
+                        return Err(Error::WeightShape {
+                            file: self.file_err(),
+                            layer: path.to_string(),
+                            weight: key,
+                            expected: want.clone(),
+                            got: t.shape.clone(),
+                        });
+                    }
+                    self.graph.params.insert(key, t.clone());
+                    names.push(slot.to_string());
+                }
+                if let Some(&rec) = self.records.get(path) {
+                    self.graph.layers[rec].weights = names;
+                }
+                return Ok(());
+            }
+        };
         // Layer names may contain '/' (tf.keras DenseNet: `conv1/conv`): the group comes
         // from the nesting, never from splitting the path.
         let (group, inner) = match &self.weight_group {
             None => (l.name.as_str(), None),
             Some(g) => (g.as_str(), Some(l.name.as_str())),
         };
-        let found = self
-            .index
+        let found = index
             .find(group, inner, &slots)
             .map_err(|slot| Error::MissingWeight {
                 file: self.file_err(),
                 layer: path.to_string(),
                 weight: slot,
             })?;
-        let tensors = WeightIndex::load(self.file, &found)?;
+        let file = self.file_err();
+        let want_of = |slot: &str| {
+            expected.get(slot).ok_or_else(|| Error::Layer {
+                file: file.clone(),
+                layer: path.to_string(),
+                class: l.class.clone(),
+                message: format!("no expected shape for weight {slot}"),
+            })
+        };
+        // Each dataset's declared shape (HDF5 dataspace metadata, after the safety checks)
+        // against the config's, before a byte of any of them is read.
+        let mut stored_shapes = Vec::with_capacity(found.len());
+        for (slot, hdf5_path) in &found {
+            let stored = h5.weight_shape(hdf5_path)?;
+            let got = self.kernel_fix(op, slot, &stored).shape(&stored);
+            let want = want_of(*slot)?;
+            if &got != want {
+                return Err(Error::WeightShape {
+                    file: self.file_err(),
+                    layer: path.to_string(),
+                    weight: hdf5_path.clone(),
+                    expected: want.clone(),
+                    got,
+                });
+            }
+            stored_shapes.push(stored);
+        }
+        let tensors = WeightIndex::load(h5, &found, &stored_shapes)?;
         let mut names = Vec::new();
         for ((slot, mut t), (_, hdf5_path)) in tensors.into_iter().zip(&found) {
             t = self.convert_kernel(op, slot, t);
-            let want = &expected[slot];
+            let want = want_of(slot)?;
             if &t.shape != want {
                 return Err(Error::WeightShape {
                     file: self.file_err(),
@@ -635,6 +788,31 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// How a stored weight of shape `stored` is brought to Keras 2 layout; decided from
+    /// the shape alone, so the declared shape can be checked before the data is read.
+    fn kernel_fix(&self, op: &Op, slot: &str, stored: &[usize]) -> KernelFix {
+        let is_spatial_kernel = matches!(slot, "kernel" | "depthwise_kernel")
+            && matches!(op, Op::Conv(_) | Op::DepthwiseConv(_));
+        if !is_spatial_kernel || !self.keras1 {
+            return KernelFix::Keep;
+        }
+        match op {
+            // Keras 1 `th` kernels: (out, in, rows, cols).
+            Op::Conv(c)
+                if c.kernel.len() == 2
+                    && c.data_format == DataFormat::ChannelsFirst
+                    && stored.len() == 4 =>
+            {
+                KernelFix::OihwToHwio
+            }
+            // Keras 1 Convolution1D: (k, 1, in, out).
+            Op::Conv(c) if c.kernel.len() == 1 && stored.len() == 4 && stored[1] == 1 => {
+                KernelFix::DropAxis1
+            }
+            _ => KernelFix::Keep,
+        }
+    }
+
     /// Bring a stored kernel to Keras 2 TensorFlow orientation (HWIO, correlation).
     fn convert_kernel(&self, op: &Op, slot: &str, t: Tensor) -> Tensor {
         let is_spatial_kernel = matches!(slot, "kernel" | "depthwise_kernel")
@@ -642,31 +820,40 @@ impl Builder<'_> {
         if !is_spatial_kernel {
             return t;
         }
-        let mut t = t;
-        if self.keras1 {
-            match op {
-                // Keras 1 `th` kernels: (out, in, rows, cols).
-                Op::Conv(c)
-                    if c.kernel.len() == 2
-                        && c.data_format == DataFormat::ChannelsFirst
-                        && t.shape.len() == 4 =>
-                {
-                    t = layout::oihw_to_hwio(&t)
-                }
-                // Keras 1 Convolution1D: (k, 1, in, out).
-                Op::Conv(c) if c.kernel.len() == 1 && t.shape.len() == 4 && t.shape[1] == 1 => {
-                    t = Tensor {
-                        shape: vec![t.shape[0], t.shape[2], t.shape[3]],
-                        data: t.data,
-                    };
-                }
-                _ => {}
-            }
-        }
+        let mut t = match self.kernel_fix(op, slot, &t.shape) {
+            KernelFix::Keep => t,
+            KernelFix::OihwToHwio => layout::oihw_to_hwio(&t),
+            KernelFix::DropAxis1 => Tensor {
+                shape: KernelFix::DropAxis1.shape(&t.shape),
+                data: t.data,
+            },
+        };
         if self.theano {
             t = layout::flip_spatial(&t);
         }
         t
+    }
+}
+
+/// What [`Builder::convert_kernel`] does to a stored kernel's layout (the Theano flip
+/// keeps the shape and is not listed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelFix {
+    Keep,
+    /// Keras 1 `th` Conv2D kernel (out, in, rows, cols) -> HWIO.
+    OihwToHwio,
+    /// Keras 1 Convolution1D kernel (k, 1, in, out) -> (k, in, out).
+    DropAxis1,
+}
+
+impl KernelFix {
+    /// The shape the stored shape becomes.
+    fn shape(self, stored: &[usize]) -> Vec<usize> {
+        match (self, stored) {
+            (KernelFix::OihwToHwio, &[o, i, h, w]) => vec![h, w, i, o],
+            (KernelFix::DropAxis1, &[k, _, i, o]) => vec![k, i, o],
+            _ => stored.to_vec(),
+        }
     }
 }
 
@@ -693,15 +880,21 @@ pub fn expected_shapes(
         }
         Op::DepthwiseConv(c) => {
             let cin = channels(c.data_format)?;
+            let depthwise_out = cin.checked_mul(c.depth_multiplier).ok_or_else(|| {
+                format!(
+                    "{cin} input channels x depth_multiplier {} overflows",
+                    c.depth_multiplier
+                )
+            })?;
             let mut k = c.kernel.clone();
             k.extend([cin, c.depth_multiplier]);
             m.insert("depthwise_kernel", k);
             let out = match c.pointwise_filters {
                 Some(f) => {
-                    m.insert("pointwise_kernel", vec![1, 1, cin * c.depth_multiplier, f]);
+                    m.insert("pointwise_kernel", vec![1, 1, depthwise_out, f]);
                     f
                 }
-                None => cin * c.depth_multiplier,
+                None => depthwise_out,
             };
             m.insert("bias", vec![out]);
         }
@@ -711,7 +904,8 @@ pub fn expected_shapes(
             m.insert("bias", vec![c.units]);
         }
         Op::BatchNorm(c) => {
-            let n = known(input.get(c.axis - 1).ok_or("axis out of range")?)?;
+            let axis = c.axis.checked_sub(1).ok_or("axis out of range")?;
+            let n = known(input.get(axis).ok_or("axis out of range")?)?;
             for s in ["gamma", "beta", "moving_mean", "moving_variance"] {
                 m.insert(s, vec![n]);
             }
@@ -730,4 +924,43 @@ pub fn expected_shapes(
         _ => {}
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_weight_shapes_do_not_overflow() {
+        let op = |pointwise: Option<usize>| {
+            Op::DepthwiseConv(DepthwiseConfig {
+                depth_multiplier: 1 << 63,
+                pointwise_filters: pointwise,
+                kernel: vec![3, 3],
+                strides: vec![1, 1],
+                dilation: vec![1, 1],
+                padding: Padding::Same,
+                data_format: DataFormat::ChannelsLast,
+                use_bias: true,
+                activation: Activation::Linear,
+            })
+        };
+        let input = vec![Dim::Known(6), Dim::Known(6), Dim::Known(3)];
+        // 3 channels x 2^63 (old code: a multiply panic, separable and depthwise alike).
+        for pointwise in [Some(4), None] {
+            let e = expected_shapes(&op(pointwise), &input).unwrap_err();
+            assert!(e.contains("depth_multiplier"), "{e}");
+        }
+    }
+
+    #[test]
+    fn kernel_fix_shapes_match_the_data_transforms() {
+        let t = Tensor::new(vec![4, 3, 2, 5], (0..120).map(|v| v as f32).collect()).unwrap();
+        assert_eq!(
+            KernelFix::OihwToHwio.shape(&t.shape),
+            layout::oihw_to_hwio(&t).shape
+        );
+        assert_eq!(KernelFix::DropAxis1.shape(&[5, 1, 3, 2]), vec![5, 3, 2]);
+        assert_eq!(KernelFix::Keep.shape(&[3, 3, 3, 2]), vec![3, 3, 3, 2]);
+    }
 }

@@ -328,6 +328,7 @@ pub fn registrations() -> Vec<(&'static str, Converter)> {
         ("ELU", elu),
         ("PReLU", prelu),
         ("Softmax", softmax),
+        ("ThresholdedReLU", thresholded_relu),
         ("Dropout", dropout),
         ("SpatialDropout1D", spatial_dropout),
         ("SpatialDropout2D", spatial_dropout),
@@ -416,11 +417,10 @@ fn conv_common(
         }
     }
     let padding = ctx.padding()?;
-    let data_format = if rank == 1 {
-        DataFormat::ChannelsLast
-    } else {
-        ctx.data_format()?
-    };
+    // Conv1D has a `data_format` since Keras 2.2 / tf.keras (Keras 2.0.8 drops it from its
+    // config, Keras 1 never had it): `channels_first` is (batch, channels, steps). The
+    // kernel is (kernel_size, in, out) in both formats, so only the tensor layout changes.
+    let data_format = ctx.data_format()?;
     let use_bias = ctx.bool(&["use_bias", "bias"], true)?;
     Ok((
         kernel,
@@ -438,12 +438,6 @@ fn conv2d(ctx: &LayerCtx) -> ConvertResult {
 }
 
 fn conv1d(ctx: &LayerCtx) -> ConvertResult {
-    if ctx
-        .str(&["data_format"])
-        .is_some_and(|f| f != "channels_last")
-    {
-        return Err("Conv1D with data_format channels_first is not supported".into());
-    }
     conv(ctx, 1)
 }
 
@@ -547,6 +541,23 @@ fn relu(ctx: &LayerCtx) -> ConvertResult {
         max_value: ctx.opt_f32(&["max_value"])?,
         negative_slope: ctx.f32(&["negative_slope"], 0.0)?,
         threshold: ctx.f32(&["threshold"], 0.0)?,
+    })])
+}
+
+/// Keras `ThresholdedReLU(theta)`: `x * cast(x > theta)`, i.e. `x` where `x > theta` and 0
+/// elsewhere (Keras 1.2.2, 2.x and tf.keras alike; default `theta = 1.0`). Mapped onto the
+/// IR ReLU with `threshold = theta`, no cap and no leak. The comparison is strict in Keras,
+/// and strict in every lowering of that ReLU (ONNX `Greater`, libtorch `gt`: at `x ==
+/// theta` both give `negative_slope * 0 = 0`), so the two agree everywhere, including at
+/// `x == theta` exactly (`src/ir/op.rs` words that ReLU as `x >= threshold`, which would
+/// give `theta` there; the lowerings do not). The fixtures `k208_layers_1d` and
+/// `tfk_act_merge` put `theta` exactly on a value present in the input, so a non-strict
+/// lowering fails them.
+fn thresholded_relu(ctx: &LayerCtx) -> ConvertResult {
+    Ok(vec![Op::Activation(Activation::Relu {
+        max_value: None,
+        negative_slope: 0.0,
+        threshold: ctx.f32(&["theta"], 1.0)?,
     })])
 }
 
@@ -880,6 +891,46 @@ mod tests {
         assert_eq!(
             (c.padding, c.data_format, c.use_bias),
             (Padding::Same, DataFormat::ChannelsFirst, false)
+        );
+        assert!(ctx.unread_keys().is_empty(), "{:?}", ctx.unread_keys());
+    }
+
+    #[test]
+    fn conv1d_channels_first_and_thresholded_relu() {
+        let cfg = serde_json::json!({"filters": 4, "kernel_size": [3], "strides": [1],
+            "padding": "causal", "data_format": "channels_first", "dilation_rate": [2],
+            "groups": 1, "activation": "linear", "use_bias": false});
+        let ctx = LayerCtx::new(
+            "c",
+            "Conv1D",
+            &cfg,
+            vec![vec![Dim::Known(3), Dim::Known(17)]],
+            false,
+            false,
+        );
+        let ops = conv1d(&ctx).unwrap();
+        let Op::Conv(c) = &ops[0] else { panic!() };
+        assert_eq!(c.data_format, DataFormat::ChannelsFirst);
+        assert_eq!((c.kernel.clone(), c.padding), (vec![3], Padding::Causal));
+        assert!(ctx.unread_keys().is_empty(), "{:?}", ctx.unread_keys());
+
+        let cfg = serde_json::json!({"theta": 0.30158731341362});
+        let ctx = LayerCtx::new(
+            "t",
+            "ThresholdedReLU",
+            &cfg,
+            vec![vec![Dim::Known(3)]],
+            false,
+            false,
+        );
+        let ops = registry()["ThresholdedReLU"](&ctx).unwrap();
+        assert_eq!(
+            ops,
+            vec![Op::Activation(Activation::Relu {
+                max_value: None,
+                negative_slope: 0.0,
+                threshold: 0.30158731341362f64 as f32,
+            })]
         );
         assert!(ctx.unread_keys().is_empty(), "{:?}", ctx.unread_keys());
     }

@@ -7,4 +7,4 @@ pub mod layers;
 pub mod weights;
 pub mod writer;
 
-pub use import::{read_model, ReadOptions};
+pub use import::{graph_from_config, read_model, ReadOptions};

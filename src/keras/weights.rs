@@ -194,14 +194,25 @@ impl WeightIndex {
         Ok(out)
     }
 
-    /// Read and shape-check a list of (slot, path).
+    /// Read a list of (slot, path), each dataset with the shape it must have as stored
+    /// (`shapes[i]` for `found[i]`, checked against the dataspace before a byte is read).
     pub fn load(
         file: &H5File,
         found: &[(&'static str, String)],
+        shapes: &[Vec<usize>],
     ) -> Result<Vec<(&'static str, Tensor)>> {
+        if shapes.len() != found.len() {
+            return Err(Error::Other(format!(
+                "{}: {} weights found, {} shapes to check them against",
+                file.path().display(),
+                found.len(),
+                shapes.len()
+            )));
+        }
         found
             .iter()
-            .map(|(slot, path)| Ok((*slot, file.read_tensor(path, None)?)))
+            .zip(shapes)
+            .map(|((slot, path), shape)| Ok((*slot, file.read_tensor(path, Some(shape))?)))
             .collect()
     }
 }

@@ -52,6 +52,15 @@ pub fn attr_s(name: &str, v: &str) -> AttributeProto {
     }
 }
 
+pub fn attr_tensor(name: &str, v: TensorProto) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        type_: AttributeType::TENSOR.into(),
+        t: Some(v).into(),
+        ..Default::default()
+    }
+}
+
 pub fn usize_i64(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&x| x as i64).collect()
 }

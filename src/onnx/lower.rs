@@ -26,7 +26,14 @@ pub struct Lowering<'g> {
     /// `coordinate_transformation_mode` for bilinear UpSampling.
     pub bilinear_mode: &'static str,
     cache: HashMap<(String, Vec<usize>), String>,
+    /// In-graph `same` pads (`pads`, spatial sizes) by input and window.
+    pads_cache: HashMap<WindowKey, (String, String)>,
+    /// In-graph `same`-padded tensors by input, window and pad value (bits).
+    padded_cache: HashMap<(WindowKey, u32), String>,
 }
+
+/// A tensor and a window (kernel, strides, dilations).
+type WindowKey = (String, Vec<usize>, Vec<usize>, Vec<usize>);
 
 fn rank_of(g: &Graph, v: ValueId) -> usize {
     g.values[v].shape.len() + 1
@@ -45,6 +52,8 @@ impl<'g> Lowering<'g> {
             same,
             bilinear_mode,
             cache: HashMap::new(),
+            pads_cache: HashMap::new(),
+            padded_cache: HashMap::new(),
         }
     }
 
@@ -119,19 +128,20 @@ impl<'g> Lowering<'g> {
         Ok(split_channels(&self.g.values[v].shape, fmt)?.0)
     }
 
-    /// `(before, after)` padding of one spatial axis for a window op.
+    /// `(before, after)` padding of one spatial axis for a window op; `None` when it
+    /// depends on a size that is symbolic (TensorFlow's `same` with a stride and a window
+    /// wider than one pixel), for [`Lowering::tf_same_pad`] to compute in the graph.
     fn window_pads(
         &self,
-        n: &Node,
         size: &Dim,
         k: usize,
         s: usize,
         d: usize,
         padding: Padding,
         pool: bool,
-    ) -> Result<(usize, usize)> {
+    ) -> Option<(usize, usize)> {
         let eff = (k - 1) * d + 1;
-        Ok(match padding {
+        Some(match padding {
             Padding::Valid => (0, 0),
             Padding::Causal => (eff - 1, 0),
             Padding::Same => match self.same {
@@ -152,25 +162,26 @@ impl<'g> Lowering<'g> {
                 SameRule::TensorFlow => {
                     if s == 1 {
                         ((eff - 1) / 2, eff - 1 - (eff - 1) / 2)
-                    } else {
-                        let n_in = size.known().ok_or_else(|| {
-                            Error::graph(format!(
-                                "node {}: strided 'same' padding depends on the input size ({size}); give --input-size HxW",
-                                n.name
-                            ))
-                        })?;
+                    } else if let Some(n_in) = size.known() {
                         let out = n_in.div_ceil(s);
                         let total = ((out - 1) * s + eff).saturating_sub(n_in);
                         (total / 2, total - total / 2)
+                    } else if eff == 1 {
+                        // max(ceil(n/s)*s - n + 1 - s, 0) = 0 for every n.
+                        (0, 0)
+                    } else {
+                        return None;
                     }
                 }
             },
         })
     }
 
+    /// ONNX `pads` of a window op, or `None` when one axis needs them computed in the
+    /// graph (see [`Lowering::window_pads`]).
+    #[allow(clippy::too_many_arguments)]
     fn all_pads(
         &self,
-        n: &Node,
         v: ValueId,
         fmt: DataFormat,
         k: &[usize],
@@ -178,17 +189,150 @@ impl<'g> Lowering<'g> {
         d: &[usize],
         padding: Padding,
         pool: bool,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Option<Vec<i64>>> {
         let sp = self.spatial(v, fmt)?;
         let mut before = Vec::new();
         let mut after = Vec::new();
         for i in 0..k.len() {
-            let (b, a) = self.window_pads(n, &sp[i], k[i], s[i], d[i], padding, pool)?;
-            before.push(b as i64);
-            after.push(a as i64);
+            match self.window_pads(&sp[i], k[i], s[i], d[i], padding, pool) {
+                Some((b, a)) => {
+                    before.push(b as i64);
+                    after.push(a as i64);
+                }
+                None => return Ok(None),
+            }
         }
         before.extend(after);
-        Ok(before)
+        Ok(Some(before))
+    }
+
+    /// TensorFlow's `same` pads of a window op on channels-first `x` (spatial axes 2..),
+    /// computed in the graph from `x`'s runtime shape, for a symbolic-size export:
+    /// `out = ceil(n/s)`, `total = max((out-1)*s + k_eff - n, 0)`, `before = total/2`
+    /// (floor), `after = total - before`, all axes at once on int64 vectors. Returns the
+    /// `pads` tensor of a `Pad` (`[0, 0, before.., 0, 0, after..]`) and the spatial sizes
+    /// `n`. Cached per (`x`, window).
+    fn tf_same_pads(
+        &mut self,
+        node: &str,
+        x: &str,
+        k: &[usize],
+        s: &[usize],
+        d: &[usize],
+    ) -> (String, String) {
+        let key = (x.to_string(), k.to_vec(), s.to_vec(), d.to_vec());
+        if let Some(hit) = self.pads_cache.get(&key) {
+            return hit.clone();
+        }
+        let nsp = k.len();
+        let base = format!("{node}/same_pads");
+        let t = |what: &str| format!("{node}.same_pads.{what}");
+        let shape = self
+            .b
+            .node("Shape", &format!("{base}/Shape"), &[x], &t("shape"), vec![]);
+        let axes: Vec<i64> = (2..2 + nsp as i64).collect();
+        let axes = self.b.init_i64(&t("spatial_axes"), &axes);
+        let n = self.b.node(
+            "Gather",
+            &format!("{base}/Gather"),
+            &[&shape, &axes],
+            &t("size"),
+            vec![attr_i("axis", 0)],
+        );
+        let s_m1: Vec<i64> = s.iter().map(|&v| v as i64 - 1).collect();
+        let s_m1 = self.b.init_i64(&t("stride_minus_1"), &s_m1);
+        let st = self.b.init_i64(&t("strides"), &usize_i64(s));
+        // k_eff - s, may be negative.
+        let eff_m_s: Vec<i64> = (0..nsp)
+            .map(|i| ((k[i] as i64 - 1) * d[i] as i64 + 1) - s[i] as i64)
+            .collect();
+        let eff_m_s = self.b.init_i64(&t("window_minus_stride"), &eff_m_s);
+        let zero = self.b.init_i64(&t("zero"), &[0]);
+        let two = self.b.init_i64(&t("two"), &[2]);
+        let zeros2 = self.b.init_i64(&t("zeros_nc"), &[0, 0]);
+        let op = |cx: &mut Self, ty: &str, ins: &[&str], what: &str| {
+            cx.b.node(ty, &format!("{base}/{ty}"), ins, &t(what), vec![])
+        };
+        // out * s - n + (k_eff - s) = (out - 1) * s + k_eff - n
+        let up = op(self, "Add", &[&n, &s_m1], "size_plus");
+        let out = op(self, "Div", &[&up, &st], "out");
+        let span = op(self, "Mul", &[&out, &st], "span");
+        let over = op(self, "Sub", &[&span, &n], "overhang");
+        let total = op(self, "Add", &[&over, &eff_m_s], "total_raw");
+        let total = op(self, "Max", &[&total, &zero], "total");
+        let before = op(self, "Div", &[&total, &two], "before");
+        let after = op(self, "Sub", &[&total, &before], "after");
+        let pads = self.b.node(
+            "Concat",
+            &format!("{base}/Concat"),
+            &[&zeros2, &before, &zeros2, &after],
+            &t("pads"),
+            vec![attr_i("axis", 0)],
+        );
+        self.pads_cache.insert(key, (pads.clone(), n.clone()));
+        (pads, n)
+    }
+
+    /// `x` (channels-first) padded by TensorFlow's `same` rule computed in the graph
+    /// (constant `value`: 0 before a convolution, -inf before a max pool). Cached.
+    #[allow(clippy::too_many_arguments)]
+    fn tf_same_pad(
+        &mut self,
+        node: &str,
+        x: &str,
+        k: &[usize],
+        s: &[usize],
+        d: &[usize],
+        value: f32,
+    ) -> String {
+        let key = (
+            (x.to_string(), k.to_vec(), s.to_vec(), d.to_vec()),
+            value.to_bits(),
+        );
+        if let Some(hit) = self.padded_cache.get(&key) {
+            return hit.clone();
+        }
+        let (pads, _) = self.tf_same_pads(node, x, k, s, d);
+        let mut ins = vec![x.to_string(), pads];
+        if value != 0.0 {
+            ins.push(self.b.scalar_f32(&format!("{node}.same_pads.value"), value));
+        }
+        let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
+        let y = self.b.node(
+            "Pad",
+            &format!("{node}/same_pads/Pad"),
+            &ins,
+            &format!("{node}.padded"),
+            vec![attr_s("mode", "constant")],
+        );
+        self.padded_cache.insert(key, y.clone());
+        y
+    }
+
+    /// The input and `pads` attribute of a window op on channels-first `x`: the static
+    /// pads, or, when they depend on a symbolic size, `x` padded in the graph by
+    /// TensorFlow's rule (with `value`) and zero pads.
+    #[allow(clippy::too_many_arguments)]
+    fn window_input(
+        &mut self,
+        n: &Node,
+        v: ValueId,
+        x: String,
+        fmt: DataFormat,
+        k: &[usize],
+        s: &[usize],
+        d: &[usize],
+        padding: Padding,
+        pool: bool,
+        value: f32,
+    ) -> Result<(String, Vec<i64>)> {
+        Ok(match self.all_pads(v, fmt, k, s, d, padding, pool)? {
+            Some(p) => (x, p),
+            None => (
+                self.tf_same_pad(&n.name, &x, k, s, d, value),
+                vec![0; 2 * k.len()],
+            ),
+        })
     }
 
     /// Apply a Keras activation to `x` stored in `lay`; the last tensor gets `out` as base.
@@ -348,15 +492,17 @@ fn conv(cx: &mut Lowering, n: &Node, c: &ConvConfig) -> Result<Val> {
     let v = single_input(n)?;
     let lay = layout::channels_first_layout(rank_of(cx.g, v), fmt_cl(c.data_format));
     let x = cx.get(v, &lay, &n.name)?;
-    let pads = cx.all_pads(
+    let (x, pads) = cx.window_input(
         n,
         v,
+        x,
         c.data_format,
         &c.kernel,
         &c.strides,
         &c.dilation,
         c.padding,
         false,
+        0.0,
     )?;
     let k = layout::kernel_to_channels_first(cx.param(n, "kernel")?);
     let w = cx.b.init_f32(&n.param_key("kernel"), &k.shape, &k.data);
@@ -401,15 +547,17 @@ fn depthwise(cx: &mut Lowering, n: &Node, c: &DepthwiseConfig) -> Result<Val> {
     let v = single_input(n)?;
     let lay = layout::channels_first_layout(rank_of(cx.g, v), fmt_cl(c.data_format));
     let x = cx.get(v, &lay, &n.name)?;
-    let pads = cx.all_pads(
+    let (x, pads) = cx.window_input(
         n,
         v,
+        x,
         c.data_format,
         &c.kernel,
         &c.strides,
         &c.dilation,
         c.padding,
         false,
+        0.0,
     )?;
     let dk = cx.param(n, "depthwise_kernel")?;
     let cin = dk.shape[dk.shape.len() - 2];
@@ -820,8 +968,7 @@ fn pool(cx: &mut Lowering, n: &Node, p: &PoolConfig) -> Result<Val> {
     let lay = layout::channels_first_layout(rank_of(cx.g, v), fmt_cl(p.data_format));
     let x = cx.get(v, &lay, &n.name)?;
     let ones = vec![1; p.pool.len()];
-    let pads = cx.all_pads(
-        n,
+    let Some(pads) = cx.all_pads(
         v,
         p.data_format,
         &p.pool,
@@ -829,7 +976,10 @@ fn pool(cx: &mut Lowering, n: &Node, p: &PoolConfig) -> Result<Val> {
         &ones,
         p.padding,
         true,
-    )?;
+    )?
+    else {
+        return tf_same_pool_in_graph(cx, n, p, x, lay);
+    };
     let mut attrs = vec![
         attr_ints("kernel_shape", &usize_i64(&p.pool)),
         attr_ints("strides", &usize_i64(&p.strides)),
@@ -847,6 +997,84 @@ fn pool(cx: &mut Lowering, n: &Node, p: &PoolConfig) -> Result<Val> {
             ) && p.padding == Padding::Same;
             attrs.push(attr_i("count_include_pad", include as i64));
             cx.b.node("AveragePool", &n.name, &[&x], &out, attrs)
+        }
+    };
+    Ok(Val {
+        name: y,
+        layout: lay,
+    })
+}
+
+/// A TensorFlow `same` pool whose pads depend on a symbolic size: the input padded in
+/// the graph, then the pool without pads. Max: padded with -inf, which no window takes
+/// (every TensorFlow `same` window holds a real pixel). Average: TensorFlow divides by
+/// the real pixels of each window only, so the mean of the zero-padded input is divided
+/// by the mean of a zero-padded map of ones (the share of real pixels per window).
+fn tf_same_pool_in_graph(
+    cx: &mut Lowering,
+    n: &Node,
+    p: &PoolConfig,
+    x: String,
+    lay: Vec<usize>,
+) -> Result<Val> {
+    let ones = vec![1; p.pool.len()];
+    let zeros = vec![0i64; 2 * p.pool.len()];
+    let attrs = || {
+        vec![
+            attr_ints("kernel_shape", &usize_i64(&p.pool)),
+            attr_ints("strides", &usize_i64(&p.strides)),
+            attr_ints("pads", &zeros),
+        ]
+    };
+    let out = Lowering::out_base(n, &lay);
+    let y = match p.kind {
+        PoolKind::Max => {
+            let xp = cx.tf_same_pad(&n.name, &x, &p.pool, &p.strides, &ones, f32::NEG_INFINITY);
+            cx.b.node("MaxPool", &n.name, &[&xp], &out, attrs())
+        }
+        PoolKind::Avg => {
+            let xp = cx.tf_same_pad(&n.name, &x, &p.pool, &p.strides, &ones, 0.0);
+            let mut a = attrs();
+            a.push(attr_i("count_include_pad", 0));
+            let mean = cx.b.node(
+                "AveragePool",
+                &n.name,
+                &[&xp],
+                &format!("{}.window_mean", n.name),
+                a.clone(),
+            );
+            let (pads, sizes) = cx.tf_same_pads(&n.name, &x, &p.pool, &p.strides, &ones);
+            let one_one =
+                cx.b.init_i64(&format!("{}.real.batch_channel", n.name), &[1, 1]);
+            let shape = cx.b.node(
+                "Concat",
+                &format!("{}/real/Concat", n.name),
+                &[&one_one, &sizes],
+                &format!("{}.real.shape", n.name),
+                vec![attr_i("axis", 0)],
+            );
+            let map = cx.b.node(
+                "ConstantOfShape",
+                &format!("{}/real/ConstantOfShape", n.name),
+                &[&shape],
+                &format!("{}.real.ones", n.name),
+                vec![attr_tensor("value", f32_tensor("value", &[1], &[1.0]))],
+            );
+            let map = cx.b.node(
+                "Pad",
+                &format!("{}/real/Pad", n.name),
+                &[&map, &pads],
+                &format!("{}.real.padded", n.name),
+                vec![attr_s("mode", "constant")],
+            );
+            let share = cx.b.node(
+                "AveragePool",
+                &format!("{}/real", n.name),
+                &[&map],
+                &format!("{}.real.share", n.name),
+                a,
+            );
+            cx.b.node("Div", &n.name, &[&mean, &share], &out, vec![])
         }
     };
     Ok(Val {

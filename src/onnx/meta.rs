@@ -58,9 +58,20 @@ pub fn decode_array(s: &str) -> Result<Array> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(v["base64"].as_str().ok_or_else(|| bad("no base64"))?)
         .map_err(|e| bad(&e.to_string()))?;
-    let n: usize = shape.iter().product();
-    if raw.len() != n * 4 {
-        return Err(bad(&format!("{} bytes for shape {shape:?}", raw.len())));
+    // The shape is the file's claim: its byte count is computed checked, never trusted.
+    let bytes = shape
+        .iter()
+        .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            bad(&format!(
+                "shape {shape:?} claims more bytes than a 64-bit count"
+            ))
+        })?;
+    if raw.len() != bytes {
+        return Err(bad(&format!(
+            "{} bytes for shape {shape:?}, which needs {bytes}",
+            raw.len()
+        )));
     }
     let data = raw
         .chunks_exact(4)
@@ -100,7 +111,36 @@ pub fn set_metadata(m: &mut ModelProto, key: &str, value: String) {
 pub fn test_vectors(m: &ModelProto) -> Result<Option<(Array, Array)>> {
     let md = metadata(m);
     match (md.get(TEST_INPUT), md.get(TEST_OUTPUT)) {
-        (Some(i), Some(o)) => Ok(Some((decode_array(i)?, decode_array(o)?))),
+        (Some(i), Some(o)) => {
+            let named = |key: &str, e: Error| match e {
+                Error::Other(m) => Error::Other(format!("{key}: {m}")),
+                other => other,
+            };
+            Ok(Some((
+                decode_array(i).map_err(|e| named(TEST_INPUT, e))?,
+                decode_array(o).map_err(|e| named(TEST_OUTPUT, e))?,
+            )))
+        }
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_vector_shape_is_checked_before_use() {
+        // 2^32 x 2^32 x 2 float32s: the byte count overflows (old code: a multiply panic).
+        let bomb = r#"{"shape": [4294967296, 4294967296, 2], "dtype": "float32", "base64": ""}"#;
+        let e = decode_array(bomb).unwrap_err().to_string();
+        assert!(e.contains("64-bit"), "{e}");
+        let a = Array {
+            shape: vec![1, 2],
+            data: vec![0.5, -1.0],
+        };
+        assert_eq!(decode_array(&encode_array(&a)).unwrap(), a);
+        let short = r#"{"shape": [1, 2], "dtype": "float32", "base64": "AAAAAA=="}"#;
+        assert!(decode_array(short).is_err());
     }
 }

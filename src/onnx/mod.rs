@@ -8,9 +8,14 @@
 //!   BatchNorm, Reshape/Permute, PRelu alpha, padding/cropping) map Keras axes through
 //!   `src/layout.rs`.
 //! - Explicit `pads`, never `auto_pad`. `same` padding follows the backend that trained
-//!   the model ([`lower::SameRule`]): TensorFlow's rule for strided windows depends on
-//!   the input size, so a symbolic-size export of a strided `same` conv/pool is refused
-//!   with a message asking for `--input-size`; Theano's rule does not depend on the size.
+//!   the model ([`lower::SameRule`]); Theano's rule does not depend on the size.
+//!   TensorFlow's rule for a strided window depends on the input size modulo the stride:
+//!   with a size (or where no such window exists) its pads are static attributes, as
+//!   always; in a symbolic-size export they are computed in the graph (Shape -> Gather ->
+//!   int64 arithmetic -> Concat -> Pad, then the op with zero pads; -inf before a max
+//!   pool, and an average pool divided by the share of real pixels per window), so one
+//!   file serves every size. Not `auto_pad=SAME_UPPER`: onnxruntime 1.32 refuses it with
+//!   dilations and computes negative pads for a pool window smaller than its stride.
 //! - Graph input `input`, graph output `output` (`output_{i}` for several), in Keras
 //!   layout. Initializers are `{layer}.{slot}` (in ONNX layout), node names the Keras
 //!   layer path (helper nodes `{layer}/Op`).

@@ -44,6 +44,26 @@ use tch::{nn, Device, Kind, Tensor};
 
 pub use tch;
 
+/// Make CUDA visible to libtorch, if this machine has it: `libtorch_cuda.so` registers the
+/// CUDA backend when it is loaded, but the linker's `--as-needed` drops it from a tch
+/// binary (no symbol of it is referenced; tch-rs issue 980), and `Cuda::is_available()`
+/// then reads false even on a GPU machine. Loading it by name at run time (found through
+/// the binary's rpath or `LD_LIBRARY_PATH`) lets one binary serve CPU and GPU machines.
+/// Returns whether CUDA is available afterwards; a CPU-only libtorch is not an error.
+pub fn load_cuda() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        if tch::Cuda::is_available() {
+            return true;
+        }
+        let name = c"libtorch_cuda.so";
+        // SAFETY: dlopen with a valid NUL-terminated name; the handle is kept for the
+        // process lifetime on purpose (the library must stay loaded).
+        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        !handle.is_null() && tch::Cuda::is_available()
+    })
+}
+
 pub(crate) fn terr(what: &str) -> impl Fn(tch::TchError) -> Error + '_ {
     move |e| Error::Other(format!("tch: {what}: {e}"))
 }

@@ -4,11 +4,13 @@
 use super::{from_host, to_host, SameRule, TorchModel};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Producer};
+use crate::onnx::meta::Array;
 use crate::verify::npz::read_npz;
 use crate::verify::{
     compare, layer_atol, order_layers, reference_inputs, TensorCmp, VerifyReport, DEFAULT_ATOL,
     DEFAULT_RTOL,
 };
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
@@ -85,10 +87,26 @@ pub fn verify_torch_with(
     if let Some(o) = &opts.overlay {
         refs.extend(read_npz(o)?);
     }
-    let inputs = reference_inputs(&refs, g.inputs.len(), reference)?;
+    let mut reference_label = reference.display().to_string();
+    if let Some(o) = &opts.overlay {
+        reference_label += &format!(" + {}", o.display());
+    }
+    verify_torch_refs(g, label, &refs, &reference_label, opts)
+}
+
+/// [`verify_torch_with`] against reference arrays already in memory (`input`, `output`,
+/// `layer/<path>`), `reference` naming them in the report; `opts.overlay` is not read.
+pub fn verify_torch_refs(
+    g: &Graph,
+    label: &str,
+    refs: &BTreeMap<String, Array>,
+    reference: &str,
+    opts: &TorchVerifyOptions,
+) -> Result<VerifyReport> {
+    let inputs = reference_inputs(refs, g.inputs.len(), Path::new(reference))?;
     let want = refs
         .get("output")
-        .ok_or_else(|| Error::Other(format!("{}: no `output` array", reference.display())))?;
+        .ok_or_else(|| Error::Other(format!("{reference}: no `output` array")))?;
     let mut model = TorchModel::new(g, opts.device)?;
     if opts.kind != Kind::Float {
         model = model.with_kind(opts.kind);
@@ -166,13 +184,9 @@ pub fn verify_torch_with(
     let passed = outputs.iter().chain(&layers).all(|c| c.passed);
     let mut all = outputs.clone();
     all.extend(layers.iter().cloned());
-    let mut reference_label = reference.display().to_string();
-    if let Some(o) = &opts.overlay {
-        reference_label += &format!(" + {}", o.display());
-    }
     Ok(VerifyReport {
         model: label.into(),
-        reference: reference_label,
+        reference: reference.to_string(),
         backend: format!("torch ({})", device_name(opts.device)),
         atol: opts.atol,
         rtol: opts.rtol,
@@ -192,4 +206,55 @@ pub fn device_name(d: Device) -> String {
         Device::Cuda(i) => format!("cuda:{i}"),
         other => format!("{other:?}").to_lowercase(),
     }
+}
+
+/// The graph run in float64 on libtorch, on the reference's input with the same (float32)
+/// weights: arithmetic free of float32 rounding, the anchor that separates a runtime's
+/// float32 rounding from a semantic difference. Returns `input`(s), `output` and a
+/// `layer/<path>` entry for every `layer/` key of `refs` that the graph computes.
+pub fn float64_reference(
+    g: &Graph,
+    refs: &BTreeMap<String, Array>,
+    reference: &Path,
+) -> Result<BTreeMap<String, Array>> {
+    let inputs = reference_inputs(refs, g.inputs.len(), reference)?;
+    let model = TorchModel::new(g, Device::Cpu)?.with_kind(Kind::Double);
+    let xs = inputs
+        .iter()
+        .map(|a| {
+            from_host(&a.shape, &a.data, Device::Cpu)?
+                .f_to_kind(Kind::Double)
+                .map_err(|e| Error::Other(format!("float64 input: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let values = model.forward_values(&xs)?;
+    let host = |v: usize| -> Result<Option<Array>> {
+        values
+            .get(v)
+            .and_then(Option::as_ref)
+            .map(|t| to_host(t).map(|h| Array { shape: h.shape, data: h.data }))
+            .transpose()
+    };
+    let mut out: BTreeMap<String, Array> = refs
+        .iter()
+        .filter(|(k, _)| k.starts_with("input"))
+        .map(|(k, a)| (k.clone(), a.clone()))
+        .collect();
+    let o = g
+        .outputs
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Other("the model has no output".into()))?;
+    out.insert(
+        "output".into(),
+        host(o)?.ok_or_else(|| Error::Other("float64: the output was not computed".into()))?,
+    );
+    for key in refs.keys().filter(|k| k.starts_with("layer/")) {
+        let path = &key["layer/".len()..];
+        let v = g.layers.iter().find(|l| l.path == path).and_then(|l| l.output);
+        if let Some(a) = v.map(host).transpose()?.flatten() {
+            out.insert(key.clone(), a);
+        }
+    }
+    Ok(out)
 }

@@ -149,7 +149,19 @@ pub fn verify_graph(
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
     let refs = read_npz(reference)?;
-    let inputs = reference_inputs(&refs, g.inputs.len(), reference)?;
+    verify_graph_refs(g, label, &refs, reference, opts)
+}
+
+/// [`verify_graph`] against reference arrays already in memory (`input`, `output`,
+/// `layer/<path>`; e.g. a float64 run's), `reference` naming them in the report.
+pub fn verify_graph_refs(
+    g: &Graph,
+    label: &str,
+    refs: &BTreeMap<String, Array>,
+    reference: &Path,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport> {
+    let inputs = reference_inputs(refs, g.inputs.len(), reference)?;
     let input = &inputs[0];
     let want = refs
         .get("output")
@@ -304,7 +316,12 @@ pub fn verify_onnx(
                     model.display()
                 ))
             })?;
-            (vec![i], o, format!("embedded test vectors ({src})"))
+            let label = if src == SELF_RUN {
+                "embedded test vectors (tract's own output at conversion: a regression check, not parity with Keras)".to_string()
+            } else {
+                format!("embedded test vectors ({src})")
+            };
+            (vec![i], o, label)
         }
     };
     let shapes: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape.clone()).collect();
@@ -358,11 +375,117 @@ pub struct ConvertReport {
     pub onnx_nodes: usize,
     pub initializers: usize,
     pub source_sha256: String,
-    /// `keras_reference`, `tract`, or `none` (symbolic size: nothing to run).
+    /// `keras_reference`, [`SELF_RUN`], or `none` (symbolic size: nothing to run).
     pub test_vector_source: String,
     /// tract vs the reference output at conversion time, when a reference was used.
     pub reference_max_abs_err: Option<f32>,
     pub folded: Option<FoldReport>,
+}
+
+/// `allconv.test_vector_source` of a vector that tract computed at conversion time: it
+/// catches a later change of runtime or file, but proves nothing about Keras.
+pub const SELF_RUN: &str = "tract_self_run";
+
+/// The genuine-Keras vectors of `--reference` for the graph being exported.
+///
+/// A plain export takes `input`/`output`. With `--preprocess` the graph's input is the raw
+/// image, so the reference must hold the raw `input` and the `preprocessed` tensor Keras was
+/// fed, and the host formula applied to `input` must give `preprocessed`. With `--tta
+/// flips4` its `output` must be the mean of its four `flips` predictions. Anything else is
+/// an error: a reference is never dropped or reinterpreted silently.
+fn reference_vectors(
+    refs: &BTreeMap<String, Array>,
+    r: &Path,
+    eo: &ExportOptions,
+) -> Result<(Array, Array)> {
+    let need = |k: &str, why: &str| {
+        refs.get(k).cloned().ok_or_else(|| {
+            Error::Other(format!(
+                "{}: no `{k}` array{why}; convert without --reference to embed a tract self-run vector (a regression check, not a proof)",
+                r.display()
+            ))
+        })
+    };
+    let input = need("input", "")?;
+    let output = need("output", "")?;
+    if let Some(p) = &eo.preprocess {
+        let fed = need(
+            "preprocessed",
+            " (with --preprocess the reference must hold the raw `input` and the `preprocessed` tensor Keras was fed, as converters/tta_ref.py --raw writes)",
+        )?;
+        let c = fed.shape.last().copied().unwrap_or(0);
+        let raw_c = input.shape.last().copied().unwrap_or(0);
+        let same_layout = input.shape.len() == fed.shape.len()
+            && input.shape[..input.shape.len() - 1] == fed.shape[..fed.shape.len() - 1]
+            && (raw_c == c || (p.gray && raw_c == 1));
+        if !same_layout {
+            return Err(Error::Other(format!(
+                "{}: `input` {:?} does not match `preprocessed` {:?} under --preprocess {}",
+                r.display(),
+                input.shape,
+                fed.shape,
+                p.to_spec()
+            )));
+        }
+        let mut worst = 0f32;
+        for (k, &v) in fed.data.iter().enumerate() {
+            let raw = if raw_c == c { input.data[k] } else { input.data[k / c] };
+            let want = p.apply_value(raw);
+            worst = worst.max((want - v).abs() / want.abs().max(1.0));
+        }
+        if worst > 1e-6 {
+            return Err(Error::Other(format!(
+                "{}: `preprocessed` is not --preprocess {} applied to `input` (relative difference {worst:.2e}): the reference was made with other parameters",
+                r.display(),
+                p.to_spec()
+            )));
+        }
+    }
+    match (eo.tta, refs.get("flips")) {
+        (Some(_), None) => {
+            return Err(Error::Other(format!(
+                "{}: with --tta flips4 the reference must hold the four flipped predictions `flips` and their mean as `output` (converters/tta_ref.py)",
+                r.display()
+            )))
+        }
+        (Some(_), Some(f)) => {
+            let n = output.data.len();
+            if f.data.len() != 4 * n {
+                return Err(Error::Other(format!(
+                    "{}: `flips` {:?} is not four predictions of shape {:?}",
+                    r.display(),
+                    f.shape,
+                    output.shape
+                )));
+            }
+            let worst = (0..n)
+                .map(|k| {
+                    let mean = (0..4).map(|j| f.data[j * n + k]).sum::<f32>() / 4.0;
+                    (mean - output.data[k]).abs()
+                })
+                .fold(0f32, f32::max);
+            if worst > 1e-6 {
+                return Err(Error::Other(format!(
+                    "{}: `output` is not the mean of `flips` (differs by {worst:.2e})",
+                    r.display()
+                )));
+            }
+        }
+        (None, Some(_)) => {
+            return Err(Error::Other(format!(
+                "{}: `output` is a 4-flip mean (the file has `flips`); add --tta flips4 or use the plain io.npz",
+                r.display()
+            )))
+        }
+        (None, None) => {}
+    }
+    if eo.preprocess.is_none() && refs.contains_key("preprocessed") {
+        return Err(Error::Other(format!(
+            "{}: `input` is raw pixels (the file has `preprocessed`); add the --preprocess it was made with",
+            r.display()
+        )));
+    }
+    Ok((input, output))
 }
 
 /// Deterministic pseudo-random values in [lo, hi).
@@ -402,7 +525,6 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             serde_json::to_string(f).unwrap_or_default(),
         );
     }
-    let wrapped = eo.preprocess.is_some() || eo.tta.is_some();
     let bytes = crate::onnx::Exported {
         model: proto.clone(),
         ..ex.clone()
@@ -413,23 +535,27 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     let mut source = "none".to_string();
     let mut ref_err = None;
     let mut vectors: Option<(Array, Array)> = None;
-    match (&opts.reference, wrapped) {
-        (Some(r), false) => {
+    match &opts.reference {
+        Some(r) => {
             let refs = read_npz(r)?;
-            let i = refs
-                .get("input")
-                .ok_or_else(|| Error::Other(format!("{}: no `input`", r.display())))?;
-            let o = refs
-                .get("output")
-                .ok_or_else(|| Error::Other(format!("{}: no `output`", r.display())))?;
-            let (i, o) = (first_items(i, 1), first_items(o, 1));
+            let (i, o) = reference_vectors(&refs, r, &eo)?;
+            let (i, o) = (first_items(&i, 1), first_items(&o, 1));
             let m = TractModel::load(&bytes, &i.shape, opts.threads.max(1))?;
             let got = m.run(&i.data)?;
-            if let Some(t) = got.first() {
-                ref_err = Some(
-                    compare("output", &t.data, &t.shape, &o.data, &o.shape, 0.0, 0.0).max_abs_err,
-                );
+            let t = got
+                .first()
+                .ok_or_else(|| Error::Other("the exported model has no output".into()))?;
+            let err =
+                compare("output", &t.data, &t.shape, &o.data, &o.shape, 0.0, 0.0).max_abs_err;
+            // A reference the converted model does not reproduce is not embedded as one.
+            if !(err <= DEFAULT_ATOL) {
+                return Err(Error::Other(format!(
+                    "{}: the converted model's output differs from the reference {} by {err:.3e} (> {DEFAULT_ATOL:e}); nothing written",
+                    model.display(),
+                    r.display()
+                )));
             }
+            ref_err = Some(err);
             vectors = Some((i, o));
             source = "keras_reference".into();
         }
@@ -456,7 +582,17 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
                     .collect()
             });
             if let Some(shape) = dims {
-                let n: usize = shape.iter().product();
+                // The dims are the model's declared input: the volume is computed checked
+                // and bounded before a test input of that size is allocated.
+                let n = crate::ir::checked_product(&shape)
+                    .filter(|&n| n <= crate::ir::MAX_DIM)
+                    .ok_or_else(|| {
+                        Error::Other(format!(
+                            "{}: the model's input shape {shape:?} holds more values than allconv computes test vectors for (at most {}); give a smaller --input-size, or --reference io.npz",
+                            model.display(),
+                            crate::ir::MAX_DIM
+                        ))
+                    })?;
                 let data = if eo.preprocess.is_some() {
                     synthetic(n, 0.0, 255.0)
                 } else {
@@ -472,7 +608,7 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
                             data: t.data,
                         },
                     ));
-                    source = "tract".into();
+                    source = SELF_RUN.into();
                 }
             }
         }

@@ -1,0 +1,4 @@
+//! One file per subcommand: its arguments and its printing, over the library modules.
+//! (inspect, convert, verify and bench still live in `main.rs`.)
+
+pub mod rehead;

@@ -1,0 +1,328 @@
+//! `allconv rehead` against genuine Keras 2.0.8 running the paper's `add_top_layers`.
+//!
+//! Each `fixtures/rehead_*` case (converters/rehead_ref.py) is a patch fixture loaded with
+//! `keras.models.load_model` in a fresh process and re-headed by the paper's code, then
+//! saved: its `model_config` is what allconv's pass must produce, layer for layer (classes,
+//! names, order, parameters), and with the new layers' weights copied across, its `io.npz`
+//! is what the re-headed graph must compute (tract and tch). Structure-only cases
+//! (`rehead_structure_*`, no weights) check the paper's full-width recipes.
+#![cfg(feature = "runtime")]
+
+mod common;
+
+use allconv::ir::Graph;
+use allconv::keras::{read_model, ReadOptions};
+use allconv::passes::rehead::{rehead, ReheadOptions, Top};
+use allconv::verify::{verify_graph, VerifyOptions};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn rehead_cases(with_model: bool) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(common::fixtures_dir())
+        .expect("fixtures/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("rehead_"))
+                && p.join("expect.json").is_file()
+                && p.join("model.h5").is_file() == with_model
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The options the fixture was built with, and its patch fixture's graph.
+fn options(dir: &Path) -> (Graph, ReheadOptions) {
+    let e = common::expect(dir);
+    let r = &e["rehead"];
+    let patch = r["patch"].as_str().expect("rehead.patch");
+    let top: Top = r["top"].as_str().expect("rehead.top").parse().expect("recipe");
+    let size = r["input_size"].as_array().expect("rehead.input_size");
+    let (h, w) = (
+        size[0].as_u64().unwrap() as usize,
+        size[1].as_u64().unwrap() as usize,
+    );
+    let g = read_model(
+        &common::fixtures_dir().join(patch).join("model.h5"),
+        &ReadOptions::default(),
+    )
+    .expect("patch fixture reads");
+    let mut o = ReheadOptions::new(top, (h, w));
+    if let Some(c) = r["classes"].as_u64() {
+        o.classes = c as usize;
+    }
+    if let Some(d) = r["dropout"].as_f64() {
+        o.dropout = d as f32;
+    }
+    if let Some(l) = r["weight_decay"].as_f64() {
+        o.weight_decay = l as f32;
+    }
+    if let Some(c) = r["cut"].as_str() {
+        o.cut = Some(c.into());
+    }
+    (g, o)
+}
+
+fn config_of(text: &str) -> Value {
+    serde_json::from_str(text).expect("model_config is JSON")
+}
+
+/// The first difference between two JSON values, with its path.
+fn json_diff(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for k in x.keys().chain(y.keys()) {
+                let (va, vb) = (x.get(k), y.get(k));
+                match (va, vb) {
+                    (Some(va), Some(vb)) => {
+                        if let Some(d) = json_diff(va, vb, &format!("{path}.{k}")) {
+                            return Some(d);
+                        }
+                    }
+                    _ => return Some(format!("{path}.{k}: {va:?} vs {vb:?}")),
+                }
+            }
+            None
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            if x.len() != y.len() {
+                return Some(format!("{path}: {} vs {} items", x.len(), y.len()));
+            }
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (va, vb))| json_diff(va, vb, &format!("{path}[{i}]")))
+        }
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64() != y.as_f64()).then(|| format!("{path}: {x} vs {y}"))
+        }
+        _ => (a != b).then(|| format!("{path}: {a} vs {b}")),
+    }
+}
+
+#[test]
+fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() {
+    let cases = rehead_cases(true);
+    assert!(cases.len() >= 4, "only {} rehead fixtures", cases.len());
+    let mut failures = Vec::new();
+    for dir in &cases {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let (patch, opts) = options(dir);
+        let (ours, report) = match rehead(&patch, &opts) {
+            Ok(x) => x,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let genuine =
+            read_model(&dir.join("model.h5"), &ReadOptions::default()).expect("fixture reads");
+        // 1. The model_config is the one Keras 2.0.8 saved.
+        let (a, b) = (
+            config_of(ours.source.model_config.as_deref().unwrap()),
+            config_of(genuine.source.model_config.as_deref().unwrap()),
+        );
+        if let Some(d) = json_diff(&a, &b, "model_config") {
+            failures.push(format!("{name}: config differs from Keras's: {d}"));
+            continue;
+        }
+        // 2. The same layer table, shapes and parameter counts.
+        let e = common::expect(dir);
+        assert_eq!(
+            ours.total_params() as u64,
+            e["count_params"].as_u64().unwrap(),
+            "{name}: count_params"
+        );
+        let table = |g: &Graph| {
+            g.layers
+                .iter()
+                .map(|l| {
+                    let shape = l.output.map(|v| format!("{:?}", g.values[v].shape));
+                    (l.path.clone(), l.class.clone(), l.depth, shape, g.layer_params(&l.path))
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(table(&ours), table(&genuine), "{name}: layer table");
+        // 3. The inner network's weights bit for bit.
+        let inner = format!("{}/", report.inner_model);
+        for (k, t) in ours.params.iter().filter(|(k, _)| k.starts_with(&inner)) {
+            let src = &patch.params[&k[inner.len()..]];
+            assert!(
+                t.shape == src.shape
+                    && t.data.iter().zip(&src.data).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: {k} changed"
+            );
+        }
+        // The heatmap Dense holds the patch classifier's weights.
+        if let Some(hm) = &report.heatmap_dense {
+            for slot in ["kernel", "bias"] {
+                assert_eq!(
+                    ours.params[&format!("{hm}.{slot}")],
+                    genuine.params[&format!("{hm}.{slot}")],
+                    "{name}: heatmap {slot}"
+                );
+            }
+        }
+        // 4. With the new layers' weights copied across, Keras's numbers.
+        let mut copied = ours.clone();
+        for (k, t) in copied.params.iter_mut() {
+            if !k.starts_with(&inner) {
+                *t = genuine.params[k].clone();
+            }
+        }
+        let vo = VerifyOptions {
+            per_layer: true,
+            layer_atol_scaled: true,
+            threads: 2,
+            ..Default::default()
+        };
+        match verify_graph(&copied, &name, &dir.join("io.npz"), &vo) {
+            Ok(r) if r.passed && r.skipped_layers.is_empty() && !r.layers.is_empty() => println!(
+                "{name}: {} ({} new layers), tract output {:.2e}, {} layers compared",
+                report.recipe,
+                report.new_layers.len(),
+                r.outputs[0].max_abs_err,
+                r.layers.len()
+            ),
+            Ok(r) => failures.push(format!("{name}: tract vs Keras:\n{}", r.to_text())),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+        #[cfg(feature = "torch")]
+        {
+            use allconv::torch::{verify_torch_with, TorchVerifyOptions};
+            let to = TorchVerifyOptions {
+                per_layer: true,
+                layer_atol_scaled: true,
+                ..Default::default()
+            };
+            match verify_torch_with(&copied, &name, &dir.join("io.npz"), &to) {
+                Ok(r) if r.passed => {}
+                Ok(r) => failures.push(format!("{name}: tch vs Keras:\n{}", r.to_text())),
+                Err(e) => failures.push(format!("{name}: tch: {e}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The paper's full recipes (512-wide tops) on the narrow patch fixtures: the structure
+/// genuine Keras 2.0.8 built, without weights.
+#[test]
+fn full_recipes_match_keras_structure() {
+    let cases = rehead_cases(false);
+    assert!(!cases.is_empty(), "no rehead_structure_* fixtures");
+    for dir in &cases {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let (patch, opts) = options(dir);
+        let (ours, _) = rehead(&patch, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let e = common::expect(dir);
+        assert_eq!(
+            ours.total_params() as u64,
+            e["count_params"].as_u64().unwrap(),
+            "{name}: count_params"
+        );
+        let rows = e["layers"].as_array().expect("layers");
+        let top: Vec<_> = ours.layers.iter().filter(|l| l.depth == 0).collect();
+        let want: Vec<_> = rows
+            .iter()
+            .filter(|r| !r["path"].as_str().unwrap_or("").contains('/'))
+            .collect();
+        assert_eq!(top.len(), want.len(), "{name}: top-level layer count");
+        for (l, r) in top.iter().zip(&want) {
+            assert_eq!(l.path, r["path"].as_str().unwrap(), "{name}: order");
+            assert_eq!(l.class, r["class_name"].as_str().unwrap(), "{name}: {}", l.path);
+            assert_eq!(
+                ours.layer_params(&l.path) as u64,
+                r["params"].as_u64().unwrap(),
+                "{name}: {} params",
+                l.path
+            );
+            if let Some(want_shape) = r["output_shape"].as_array() {
+                let got: Vec<Option<usize>> = ours.values[l.output.unwrap()]
+                    .shape
+                    .iter()
+                    .map(|d| d.known())
+                    .collect();
+                let want_shape: Vec<Option<usize>> = want_shape[1..]
+                    .iter()
+                    .map(|d| d.as_u64().map(|x| x as usize))
+                    .collect();
+                assert_eq!(got, want_shape, "{name}: {} shape", l.path);
+            }
+        }
+    }
+}
+
+#[test]
+fn seed_reproduces_and_inner_network_is_untouched() {
+    let patch = read_model(
+        &common::fixtures_dir().join("k208_vgg16_patch/model.h5"),
+        &ReadOptions::default(),
+    )
+    .unwrap();
+    let top: Top = "vgg:16x1".parse().unwrap();
+    let mut o = ReheadOptions::new(top, (131, 97));
+    o.seed = 7;
+    let (a, _) = rehead(&patch, &o).unwrap();
+    let (b, _) = rehead(&patch, &o).unwrap();
+    assert_eq!(a.params, b.params, "same seed, same weights");
+    o.seed = 8;
+    let (c, r) = rehead(&patch, &o).unwrap();
+    let k = format!("{}.kernel", r.final_dense[0]);
+    assert_ne!(a.params[&k], c.params[&k], "another seed, other weights");
+    // he_normal: stddev sqrt(2 / fan_in), truncated at 2 sigma.
+    let conv = c
+        .params
+        .iter()
+        .find(|(k, t)| !k.contains('/') && k.ends_with(".kernel") && t.shape.len() == 4)
+        .map(|(_, t)| t)
+        .unwrap();
+    let fan_in: usize = conv.shape[..3].iter().product();
+    let sd = (2.0 / fan_in as f64).sqrt();
+    let var = conv.data.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / conv.len() as f64;
+    assert!(conv.data.iter().all(|&x| (x as f64).abs() <= 2.0 * sd + 1e-6));
+    assert!((var.sqrt() / sd - 0.88).abs() < 0.1, "{} vs {sd}", var.sqrt());
+}
+
+#[test]
+fn refusals_name_the_layer_and_the_smallest_size() {
+    let read = |c: &str| {
+        read_model(
+            &common::fixtures_dir().join(c).join("model.h5"),
+            &ReadOptions::default(),
+        )
+        .unwrap()
+    };
+    let yaroslav = read("k208_yaroslav_patch");
+    let top: Top = "heatmap:avg=7,stride=1,pool=5,fc=16-8,shortcut".parse().unwrap();
+    let e = rehead(&yaroslav, &ReheadOptions::new(top.clone(), (300, 200)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("too small") && e.contains("smallest size that works is"), "{e}");
+    // The smallest size it names works, and one pixel less does not.
+    let smallest = e.rsplit("works is ").next().unwrap();
+    let (h, w) = smallest.split_once('x').unwrap();
+    let (h, w): (usize, usize) = (h.trim().parse().unwrap(), w.trim().parse().unwrap());
+    assert!(rehead(&yaroslav, &ReheadOptions::new(top.clone(), (h, w))).is_ok());
+    assert!(rehead(&yaroslav, &ReheadOptions::new(top.clone(), (h - 1, w))).is_err());
+    assert!(rehead(&yaroslav, &ReheadOptions::new(top, (h, w - 1))).is_err());
+    // Not fully convolutional up to the cut: the layer that prevents it.
+    let vgg = read("k208_vgg16_patch");
+    let mut o = ReheadOptions::new("vgg:8x1".parse().unwrap(), (64, 64));
+    o.cut = Some(vgg.layers.last().unwrap().path.clone());
+    let e = rehead(&vgg, &o).unwrap_err().to_string();
+    assert!(e.contains("not fully convolutional") && e.contains("GlobalAveragePooling2D"), "{e}");
+    o.cut = Some("no_such_layer".into());
+    assert!(rehead(&vgg, &o).unwrap_err().to_string().contains("no_such_layer"));
+    // A tf.keras patch model is not a Keras 2.0.8 one.
+    let tfk = read_model(
+        &common::fixtures_dir().join("tfk_functional/model.h5"),
+        &ReadOptions::default(),
+    )
+    .unwrap();
+    let e = rehead(&tfk, &ReheadOptions::new("vgg:8x1".parse().unwrap(), (64, 64)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Keras 2.0-2.1"), "{e}");
+}
