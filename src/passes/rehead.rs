@@ -272,8 +272,13 @@ pub struct ReheadReport {
     pub heatmap_dense: Option<String>,
     /// The final classification Dense layer(s).
     pub final_dense: Vec<String>,
-    /// Layers frozen in training stage 1: input, inner model, and the heatmap layers.
+    /// `add_top_layers`' `top_layer_nb`: training stage 1 freezes the model's first this
+    /// many layers (2 without a heatmap: input and inner model; 8 with one).
     pub top_layer_nb: usize,
+    /// Those layers by name, in the model's layer order (with the heatmap they reach into
+    /// the top: `flatten_1`/`dropout_2`, or `conv2d_1`/`batch_normalization_1` with conv
+    /// blocks, exactly as the paper's code freezes them).
+    pub frozen_in_stage1: Vec<String>,
     pub output_shape: Vec<usize>,
     pub seed: u64,
 }
@@ -642,12 +647,28 @@ struct SizeProbe<'a> {
 
 impl<'a> SizeProbe<'a> {
     fn new(patch: &Graph, cut: ValueId, top: &'a Top) -> SizeProbe<'a> {
+        // Only what the cut depends on: the patch's head (a 7x7 avg_pool, a Flatten) may not
+        // fit sizes the whole-image model takes.
+        let mut needed = vec![false; patch.values.len()];
+        needed[cut] = true;
+        for n in patch.nodes.iter().rev() {
+            if needed[n.output] {
+                for &i in &n.inputs {
+                    needed[i] = true;
+                }
+            }
+        }
         let skeleton = Graph {
             name: patch.name.clone(),
             inputs: patch.inputs.clone(),
-            outputs: patch.outputs.clone(),
+            outputs: vec![cut],
             values: patch.values.clone(),
-            nodes: patch.nodes.clone(),
+            nodes: patch
+                .nodes
+                .iter()
+                .filter(|n| needed[n.output])
+                .cloned()
+                .collect(),
             ..Default::default()
         };
         SizeProbe { skeleton, cut, top }
@@ -1042,6 +1063,11 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
             "output_layers": [[output, 0, 0]],
         }
     });
+    let frozen_in_stage1 = order
+        .iter()
+        .take(top_layer_nb)
+        .map(|&i| b.layers[i].name.clone())
+        .collect();
     let new_params = b.params.values().map(Tensor::len).sum();
     let new_layers = order
         .iter()
@@ -1063,6 +1089,7 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
         heatmap_dense,
         final_dense,
         top_layer_nb,
+        frozen_in_stage1,
         output_shape: vec![],
         seed: opts.seed,
     };

@@ -139,13 +139,17 @@ pub fn coverage_failures(
 /// Fixtures whose deep layers genuine Keras itself computes further than 1e-4 x range from
 /// the float64 run of the same graph (float64_anchor.rs measures it; measured on this
 /// project's machine: k208_resnet50_patch 1.31e-4 at bn5c_branch2c, tfk_resnet50_whole
-/// 2.64e-4 at batch_normalization_6): Keras's own float32 rounding through ~50
+/// 2.64e-4 at batch_normalization_6, rehead_resnet50_resnet 2.02e-4): Keras's own float32
+/// rounding through ~50
 /// BatchNorms. The bound stated here is what float64_anchor.rs asserts. These numbers do
 /// not depend on the CPU: Keras's values are recorded, the float64 run is exact enough.
 pub const KERAS_FLOAT32_DRIFT: &[(&str, f32)] = &[
     ("k208_resnet50_patch", 1.5e-4),
     ("k208tf_resnet50_patch", 1.5e-4),
     ("tfk_resnet50_whole", 3e-4),
+    // The same ResNet50 patch network under a re-headed top: 2.02e-4 at
+    // batch_normalization_7.
+    ("rehead_resnet50_resnet", 2.5e-4),
 ];
 
 /// The per-layer bound (times the layer's range) for Keras float32 vs the float64 graph.
