@@ -366,3 +366,72 @@ fn refusals_name_the_layer_and_the_smallest_size() {
         .to_string();
     assert!(e.contains("Keras 2.0-2.1"), "{e}");
 }
+
+/// The heatmap is the patch classifier applied per window: at every position (i, j) of
+/// the YaroslavNet heatmap, genuine Keras's whole-image `dense_1` (relu of the copied Dense
+/// on the 7x7 average of the cut features) equals the genuine patch classifier's head —
+/// its global average pooling and its Dense, with the patch file's weights — applied to
+/// that 7x7 window of Keras's own cut features, which is what the patch classifier
+/// computes for a patch whose features those are; and allconv's graph reproduces the map
+/// (above). On image crops the two agree only approximately, because a crop's border
+/// sees zero `same` padding where the whole image has pixels: converters/rehead_ref.py
+/// measured it on 30 genuine 448 px crops (`crops.npz`) and this test restates the figure.
+#[test]
+fn heatmap_is_the_patch_classifier_per_window() {
+    let dir = common::fixtures_dir().join("rehead_yaroslav_heatmap");
+    let io = read_npz(&dir.join("io.npz")).unwrap();
+    let (feat, map) = (&io["layer/model_1"], &io["layer/dense_1"]);
+    let patch = read_model(
+        &common::fixtures_dir().join("k208_yaroslav_patch/model.h5"),
+        &ReadOptions::default(),
+    )
+    .unwrap();
+    let dense = patch
+        .nodes
+        .iter()
+        .rev()
+        .find(|n| matches!(n.op, allconv::ir::Op::Dense(_)))
+        .unwrap();
+    let (w, b) = (
+        &patch.params[&dense.param_key("kernel")],
+        &patch.params[&dense.param_key("bias")],
+    );
+    let (n, fh, fw, c) = (feat.shape[0], feat.shape[1], feat.shape[2], feat.shape[3]);
+    let (mh, mw, k) = (map.shape[1], map.shape[2], map.shape[3]);
+    assert_eq!((mh, mw), (fh - 6, fw - 6), "avg=7, stride=1");
+    let mut worst = 0f32;
+    for s in 0..n {
+        for i in 0..mh {
+            for j in 0..mw {
+                // The patch head on the window: mean over 7x7, then the Dense.
+                let mut gap = vec![0f32; c];
+                for y in i..i + 7 {
+                    for x in j..j + 7 {
+                        for ch in 0..c {
+                            gap[ch] += feat.data[((s * fh + y) * fw + x) * c + ch] / 49.0;
+                        }
+                    }
+                }
+                for o in 0..k {
+                    let logit: f32 =
+                        b.data[o] + (0..c).map(|ch| gap[ch] * w.data[ch * k + o]).sum::<f32>();
+                    let got = map.data[((s * mh + i) * mw + j) * k + o];
+                    worst = worst.max((logit.max(0.0) - got).abs());
+                }
+            }
+        }
+    }
+    println!("heatmap vs the patch head per window: worst {worst:.2e} over {} positions", n * mh * mw);
+    assert!(worst <= 1e-4, "{worst}");
+    // Image crops: approximate, as measured with genuine Keras.
+    let mut z = ndarray_npy::NpzReader::new(std::fs::File::open(dir.join("crops.npz")).unwrap())
+        .unwrap();
+    let mut get = |k: &str| -> ndarray::ArrayD<f32> { z.by_name(k).unwrap() };
+    let (p, h) = (get("logits"), get("heatmap_logits"));
+    let diff = p.iter().zip(h.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    println!(
+        "image crops ({} genuine 448 px crops): patch logits vs heatmap logits differ by up to {diff:.2}",
+        p.shape()[0]
+    );
+    assert!(diff > 0.1, "the crops would agree exactly; update the doc");
+}

@@ -32,7 +32,8 @@ pub enum Padding {
 pub enum Activation {
     Linear,
     /// `max(x, threshold)`-style ReLU with Keras's optional cap and leak:
-    /// `x >= threshold ? min(x, max_value) : negative_slope * (x - threshold)`.
+    /// `x > threshold ? min(x, max_value) : negative_slope * (x - threshold)` (strict, as
+    /// Keras and both lowerings compute it; ThresholdedReLU is this with slope 0).
     Relu {
         max_value: Option<f32>,
         negative_slope: f32,
