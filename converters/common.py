@@ -351,11 +351,24 @@ def act_stats(acts):
     return "\n".join(lines)
 
 
-def calibrate_bn(keras, model, x, rng, passes=6):
+def calibrate_bn(keras, model, x, rng, passes=6, small_sample_floor=None,
+                 second_moment_floor=1.0):
     """Give every top-level BatchNormalization layer of `model` moving statistics
     that look trained: mean = batch mean + 0.3*std*N(0,1), var = batch var *
     U(0.5, 2) (per channel), computed on `x` and iterated so that deeper layers
-    see calibrated inputs.  gamma ~ U(0.5,1.5), beta ~ N(0,0.2) stay as set."""
+    see calibrated inputs.  gamma ~ U(0.5,1.5), beta ~ N(0,0.2) stay as set.
+
+    small_sample_floor (default None: off, the statistics above unchanged): a BN
+    layer whose calibration sample has fewer than this many values per channel
+    (batch x spatial positions) gets the batch variance floored before the noise,
+    var = max(batch var, second_moment_floor * mean over channels of mean(x^2),
+    1e-2) * U(0.5, 2), and std = sqrt(that floored variance) in the mean's offset.
+    Why: from 2 samples x few positions the batch variance of a channel is often
+    far below its magnitude (the samples differ little next to their common
+    part), giving gains gamma / sqrt(var) that amplify any float32 rounding
+    before the layer (ill-conditioned references).  The pooled second moment
+    stands in for the spread a larger calibration set would show.  The random
+    draws are the same either way."""
     bns = [l for l in model.layers if l.__class__.__name__ == "BatchNormalization"]
     if not bns:
         return
@@ -376,6 +389,9 @@ def calibrate_bn(keras, model, x, rng, passes=6):
         red = tuple(i for i in range(v.ndim) if i != ax)
         m, sd = v.mean(axis=red), v.std(axis=red)
         sd = np.maximum(sd, 0.1 * np.median(sd) + 1e-3)
+        if small_sample_floor is not None and v.size // v.shape[ax] < small_sample_floor:
+            ms = np.mean(np.square(v.astype(np.float64)))  # over all values and channels
+            sd = np.sqrt(np.maximum(sd * sd, max(second_moment_floor * ms, 1e-2)))
         zn, un = noise[l.name]
         w = l.get_weights()
         w[-2] = (m + sd * zn).astype(np.float32)

@@ -47,6 +47,7 @@ for c in $($K208 converters/rehead_ref.py --list); do
   $K208 converters/rehead_ref.py "$c"
 done
 $TF converters/hostile.py
+$TF converters/compress_fixture.py fixtures/k208_conv/model.h5 fixtures/compressed/k208_conv_gzip.h5
 $TF converters/fixtures_readme.py
 # One symbolic-size ONNX file at several sizes (tests/symbolic_size.rs): tf-keras references.
 $TF converters/multisize_ref.py k208tf_resnet50_patch k208tf_resnet50_whole_resnet \
