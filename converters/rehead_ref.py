@@ -74,11 +74,13 @@ CASES = {
     "rehead_yaroslav_heatmap": dict(patch="k208_yaroslav_patch",
                                     top="heatmap:avg=7,stride=1,pool=5,fc=16-8,shortcut",
                                     size=(1045, 721), crops=True),
-    # 1089x1025: a 2x2 pooled heatmap (17x16 -> 11x10 -> 2x2; 1x1 below 1024 px), so the
-    # resnet top's 3x3 convolution sees neighbours and its BN layers 8 values per channel
+    # 1361x1345: inner map 21x21 -> average-pooled 15x15 -> max-pooled heatmap 3x3 (1x1
+    # from 704 px, 2x2 from 1024, 3x3 from 1344 px per side); the resnet top's first
+    # (stride 2) convolutions give 2x2 maps, so its 3x3 convolution sees neighbours, its
+    # BN layers 8 values per channel and the global average pool 4 positions
     "rehead_yaroslav_heatmap_resnet": dict(
         patch="k208_yaroslav_patch", top="heatmap:avg=7,stride=1,pool=5+resnet:16x1:enlarge=2",
-        size=(1089, 1025), smooth=4, bn_floor=BN_FLOOR),
+        size=(1361, 1345), smooth=4, bn_floor=BN_FLOOR),
 }
 # the paper's default top sizes (seed README: "[512-512-1024]x2" = two blocks, "512x1"),
 # structure only (no weights saved)

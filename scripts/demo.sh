@@ -53,11 +53,11 @@ step "8. Re-head a patch classifier into a whole-image classifier (the paper's a
 # seed's DDSM row, at a size the paper never used. Structure and numbers match genuine
 # Keras 2.0.8 running the paper's code (tests/rehead.rs); here the new layers are fresh.
 $bin rehead fixtures/k208_yaroslav_patch/model.h5 -o $out/yaroslav_whole.h5 \
-    --input-size 1000x700 --top heatmap:avg=7,stride=1,pool=5,fc=16-8,shortcut --seed 1
+    --input-size 1024x768 --top heatmap:avg=7,stride=1,pool=5,fc=16-8,shortcut --seed 1
 $bin inspect $out/yaroslav_whole.h5 | tail -14
-$bin convert $out/yaroslav_whole.h5 -o $out/yaroslav_whole.onnx --input-size 1000x700
+$bin convert $out/yaroslav_whole.h5 -o $out/yaroslav_whole.onnx --input-size 1024x768
 $bin predict $out/yaroslav_whole.onnx fixtures/images/mdb028.pgm \
-    --preprocess size=1000x700,rescale=0.0078125,mean=0.5,channels=1
+    --preprocess size=1024x768,rescale=0.0078125,mean=0.5,channels=1
 
 step "9. Every bundled fixture: Keras version, dialect, parameter count"
 for d in fixtures/*/; do

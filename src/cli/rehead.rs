@@ -15,7 +15,7 @@ pub struct ReheadArgs {
     pub output: PathBuf,
     /// Whole-image size HxW, e.g. 1152x896 (any size the recipe fits).
     #[arg(long, value_parser = crate::parse_size)]
-    pub input_size: Vec<usize>,
+    pub input_size: crate::Size,
     /// The top: resnet:512x1,512x1:enlarge=2 | vgg:512x1 |
     /// heatmap:avg=7,stride=1,pool=5,fc=16-8,shortcut | heatmap:...+vgg:512x1.
     #[arg(long)]
