@@ -52,3 +52,11 @@ $TF converters/fixtures_readme.py
 # One symbolic-size ONNX file at several sizes (tests/symbolic_size.rs): tf-keras references.
 $TF converters/multisize_ref.py k208tf_resnet50_patch k208tf_resnet50_whole_resnet \
     tfk_sequential tfk_functional
+# One/two/three-step training references for `allconv finetune` (fixtures/train_step/):
+# genuine tf-keras 2.21 (every paper optimizer) and Keras 2.0.8 on Theano (sgd, adam).
+for c in $($TF converters/train_step_ref.py --list tfk); do
+  $TF converters/train_step_ref.py "$c"
+done
+for c in $($K208 converters/train_step_ref.py --list k208); do
+  $K208 converters/train_step_ref.py "$c"
+done

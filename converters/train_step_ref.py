@@ -14,7 +14,9 @@ Each case writes fixtures/train_step/<case>/: `steps.npz`, `meta.json`, `model.h
 untrained model as that Keras saved it, before compile) and `COMMAND`. Every case starts from
 the same weights and batch (seeded numpy, not Keras's initialisers); Keras 2.0.8 on Theano gets
 the conv kernels spatially flipped (Theano convolves), so both frameworks compute the same
-function at w0.
+activations up to the strided conv: there Theano's `same` rule (k//2 on both sides, then crop
+to ceil(n/s)) and TensorFlow's (0 before, 1 after on these even sizes) differ, as in the
+inference fixtures.
 
     .venv-tf/bin/python converters/train_step_ref.py tfk_sgd_balance
     .venv-keras208/bin/python converters/train_step_ref.py k208_sgd_balance
@@ -212,6 +214,55 @@ def init_values(kind, keys_shapes):
     return vals
 
 
+NOTES = {
+    'k208': [
+        'Keras 2.0.8 BatchNormalization.call ignores `trainable`: inside train_on_batch '
+        '(learning phase 1) a frozen BN, and a BN inside a frozen nested Model, normalises with '
+        'the batch statistics, and its moving-average updates still run (Container.updates '
+        'collects every layer\'s updates whatever its trainable flag). Only gamma/beta stop '
+        'training. Measured: bn_evidence / findings.',
+        'Theano backend: moving_variance <- m*moving_variance + (1-m)*(biased batch var + '
+        'epsilon), because theano_backend.normalize_batch_in_training returns '
+        'T.inv(stdinv**2) = var + eps (measured: biased_var_plus_eps). Keras 2.0.8 on '
+        'TensorFlow (the paper\'s backend) uses tf.nn.moments\' biased variance without eps '
+        '(source reading; TF1 cannot run here).',
+        'Theano convolves: kernels are stored flipped relative to TensorFlow (w*/.../kernel here '
+        'are the tfk cases\' kernels flipped on both spatial axes at w0, and stay in Theano '
+        'orientation after the steps). The activations then equal the tfk cases\' up to '
+        'conv2/conv_t (strides 2, same): Theano pads k//2 on both sides and crops to '
+        'ceil(n/s), TensorFlow pads 0 before / 1 after on these even sizes.',
+        'Kernel L2 is built into the loss when the layer is built (Layer.add_weight -> '
+        'add_loss(regularizer(weight)); L1L2 holds l2 as a constant): setting '
+        'layer.kernel_regularizer.l2 later, as do_2stage_training does, changes get_config '
+        '(and what model.save would write) but NOT the trained loss (measured: l2_evidence of '
+        'k208_nested_2stage, "as_built"). Frozen layers\' L2 terms stay in the reported loss.',
+        'Loss: mean_i(w_i * CE_i) / mean(w != 0) + L2; CE clips the softmax to '
+        '[1e-7, 1 - 1e-7] (K.epsilon() = 1e-7).',
+        'Optimizer hyper-parameters lr/momentum/beta_* are float32 Keras variables (config '
+        'shows them rounded); epsilon is a Python float (1e-8 default in 2.0.8); decay 0.',
+    ],
+    'tfk': [
+        'tf_keras.optimizers.X in tf-keras 2.21 are the new (non-legacy) optimizers. Defaults '
+        'that differ from Keras 2.0.8: epsilon 1e-7 (2.0.8: 1e-8); Adagrad accumulator starts '
+        'at 0.1 and the step is lr*g/sqrt(acc + eps) (2.0.8: from 0, lr*g/(sqrt(acc) + eps)); '
+        'Adadelta default lr 0.001 (2.0.8: 1.0; here lr is given); RMSprop eps inside the sqrt '
+        '(lr*g/sqrt(v + eps); 2.0.8: /(sqrt(v) + eps)); Nadam schedule u_t = '
+        'beta_1*(1 - 0.5*0.96^t) (2.0.8: 0.96^(t*0.004)); no `decay` argument.',
+        'BatchNormalization with trainable=False (and every layer of a Model whose trainable '
+        'is set False: the setter recurses) runs in inference mode inside train_on_batch: it '
+        'normalises with the moving statistics, which are not updated (measured).',
+        'Trainable BN: moving_variance <- m*moving_variance + (1-m)*unbiased batch var '
+        '(n/(n-1)) (fused kernel; measured).',
+        'kernel_regularizer.l2 assigned after build and before compile DOES take effect '
+        '(regularisation losses are callables evaluated when train_on_batch traces; measured: '
+        'l2_evidence of tfk_nested_2stage, "as_reassigned"). Frozen layers\' L2 terms stay in '
+        'the reported loss.',
+        'Loss: sum_i(w_i * CE_i) / batch_size + L2; CE is computed from the softmax\'s logits '
+        '(softmax_cross_entropy_with_logits), no clipping.',
+    ],
+}
+
+
 # ----------------------------------------------------------------------------- frameworks
 class TFK:
     name = 'tf-keras'
@@ -241,10 +292,14 @@ class TFK:
         out = {}
         for v in opt.variables:
             out[v.name.split(':')[0]] = np.asarray(v.numpy())
+        if hasattr(opt, '_u_product'):   # Nadam's momentum-schedule product (not in .variables)
+            out[opt.name + '/u_product'] = np.asarray(opt._u_product.numpy())
         return out
 
     def opt_config(self, opt):
         cfg = opt.get_config()
+        if hasattr(opt, 'adaptive_epsilon'):   # Adam: not in get_config
+            cfg['adaptive_epsilon'] = bool(opt.adaptive_epsilon)
         return {k: (float(v) if isinstance(v, (np.floating, float)) else v)
                 for k, v in cfg.items() if not callable(v)}
 
@@ -435,14 +490,14 @@ def run(case):
             if inn:
                 # the inner layers' tensors live in the patch model's own graph (node 0): run it
                 # on x (it is called straight on the input) and check it against the patch's
-                # output inside the whole model (node 1), both in training mode
+                # output inside the whole model (its last node), both in training mode
                 itens = [inner.outputs[0]]
                 for p, l in inn:
                     itens += [l.input, l.output]
                 ivals = fw.probe(model, inner.inputs[0], itens, x)
                 for i, (p, _) in enumerate(inn):
                     got[p] = (ivals[1 + 2 * i], ivals[2 + 2 * i])
-                outer_patch = fw.probe(model, model.input, [inner.get_output_at(1)], x)[0]
+                outer_patch = fw.probe(model, model.input, [inner.get_output_at(-1)], x)[0]
                 nested_consistency.append(float(np.abs(outer_patch - ivals[0]).max()))
             arrays['pred%d' % step] = pred
             for p in bn_paths:
@@ -586,6 +641,7 @@ def run(case):
         'bn_evidence': bn_meta,
         'l2_evidence': reg_meta,
         'findings': findings,
+        'notes': NOTES[fw_kind],
         'keys': {
             'x': 'float32 %s NHWC' % (list(x.shape),), 'y': 'one-hot float32',
             'labels': 'int', 'sample_weight': 'float32 (balance cases)',

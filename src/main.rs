@@ -49,9 +49,19 @@ struct ModelArgs {
     /// Backend that wrote the kernels, for files that do not record it (Keras 1).
     #[arg(long, value_parser = ["tensorflow", "theano"])]
     source_backend: Option<String>,
-    /// Fix the input's spatial size, e.g. 1152x896 (HxW) or 128 for 1-D models.
-    #[arg(long, value_parser = parse_size)]
+    /// Fix the input's spatial size, e.g. 1152x896 (HxW) or 128 for 1-D models; `any`
+    /// frees a declared size (one ONNX file for every size).
+    #[arg(long, value_parser = parse_size_or_any)]
     input_size: Option<Size>,
+}
+
+/// `--input-size`: a size, or `any` (an empty size: the declared size is freed).
+fn parse_size_or_any(s: &str) -> Result<Vec<usize>, String> {
+    if s.eq_ignore_ascii_case("any") {
+        Ok(vec![])
+    } else {
+        parse_size(s)
+    }
 }
 
 impl ModelArgs {
@@ -59,7 +69,8 @@ impl ModelArgs {
         ReadOptions {
             config_json: self.config.clone(),
             assume_backend: self.source_backend.clone(),
-            input_size: self.input_size.clone(),
+            input_size: self.input_size.clone().filter(|s| !s.is_empty()),
+            any_size: self.input_size.as_ref().is_some_and(|s| s.is_empty()),
         }
     }
 }
@@ -125,7 +136,7 @@ fn bench_cmd(cmd: BenchCmd) -> ExitCode {
             json,
         } => {
             let export = ExportOptions {
-                input_size: model.input_size.clone(),
+                input_size: model.input_size.clone().filter(|s| !s.is_empty()),
                 ..Default::default()
             };
             let r =
@@ -370,7 +381,7 @@ fn convert_cmd(a: ConvertArgs) -> ExitCode {
         read: a.model.options(),
         export: ExportOptions {
             opset: a.opset,
-            input_size: a.model.input_size.clone(),
+            input_size: a.model.input_size.clone().filter(|s| !s.is_empty()),
             nchw_input: a.nchw_input,
             preprocess,
             tta,

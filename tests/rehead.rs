@@ -435,3 +435,73 @@ fn heatmap_is_the_patch_classifier_per_window() {
     );
     assert!(diff > 0.1, "the crops would agree exactly; update the doc");
 }
+
+/// The re-headed `.h5` opens in genuine Keras: tf-keras loads it and predicts the
+/// fixture's `io.npz` (the new layers' weights copied from the Keras-built model, so the
+/// expected numbers are Keras's own); Keras 2.0.8 loads it with the same layers and
+/// parameter count. (Keras 2.0.8 runs only on Theano here, where it leaves the kernels of
+/// a TensorFlow-labelled nested model unflipped, README "convert -o OUT.h5": its
+/// predictions are not compared.)
+#[test]
+fn rehead_h5_opens_in_genuine_keras() {
+    use allconv::keras::writer::write_h5_from_graph;
+    let py = |v: &str| common::fixtures_dir().parent().unwrap().join(v);
+    let (tf, k208) = (py(".venv-tf/bin/python"), py(".venv-keras208/bin/python"));
+    if !tf.exists() || !k208.exists() {
+        return common::skip_or_fail("genuine Keras venvs (converters/setup.sh) missing");
+    }
+    let tmp = std::env::temp_dir().join(format!("allconv-rehead-h5-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut failures = Vec::new();
+    for case in ["rehead_vgg16_heatmap_vgg", "rehead_yaroslav_heatmap", "rehead_vgg19_resnet"] {
+        let dir = common::fixtures_dir().join(case);
+        let (patch, opts) = options(&dir);
+        let (mut ours, report) = rehead(&patch, &opts).unwrap();
+        let genuine = read_model(&dir.join("model.h5"), &ReadOptions::default()).unwrap();
+        let inner = format!("{}/", report.inner_model);
+        for (k, t) in ours.params.iter_mut() {
+            if !k.starts_with(&inner) {
+                *t = genuine.params[k].clone();
+            }
+        }
+        let out = tmp.join(format!("{case}.h5"));
+        write_h5_from_graph(&ours, &out).unwrap();
+        let run = |python: &Path, extra: &[&str]| {
+            let o = std::process::Command::new(python)
+                .arg(py("converters/h5_loadback.py"))
+                .arg(&out)
+                .arg(dir.join("io.npz"))
+                .args(extra)
+                .output()
+                .expect("python runs");
+            let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+            let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}").to_string();
+            (serde_json::from_str::<Value>(&line).unwrap_or(Value::Null), String::from_utf8_lossy(&o.stderr).to_string())
+        };
+        let (v, err) = run(&tf, &[]);
+        println!("{case}: tf-keras on our .h5: {v}");
+        if v["passed"] != Value::Bool(true) {
+            failures.push(format!("{case}: tf-keras: {v}\n{err}"));
+        }
+        let (v, err) = run(&k208, &["--no-predict"]);
+        let want_names: Vec<String> = genuine
+            .layers
+            .iter()
+            .filter(|l| l.depth == 0)
+            .map(|l| l.path.clone())
+            .collect();
+        let names: Vec<String> = v["layer_names"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        println!("{case}: Keras 2.0.8 loads our .h5: {} layers, {} params", names.len(), v["params"]);
+        if v["passed"] != Value::Bool(true)
+            || names != want_names
+            || v["params"].as_u64() != Some(genuine.total_params() as u64)
+        {
+            failures.push(format!("{case}: Keras 2.0.8: {v}\n{err}"));
+        }
+    }
+    std::fs::remove_dir_all(&tmp).ok();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

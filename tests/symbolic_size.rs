@@ -73,15 +73,16 @@ const CASES: &[Case] = &[
 
 fn graph_for(case: &Case) -> Graph {
     let dir = common::fixtures_dir().join(case.name);
-    let (model, opts) = common::read_options(&dir);
+    let (model, mut opts) = common::read_options(&dir);
+    // `--input-size any`: the declared size freed by the reader.
+    opts.any_size = case.free_size;
     let mut g = read_model(&model, &opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     if case.free_size {
-        for inp in &mut g.inputs {
-            let n = inp.shape.len();
-            for (i, d) in inp.shape.iter_mut().enumerate().take(n - 1) {
-                *d = Dim::sym(["H", "W"][i.min(1)]);
-            }
-        }
+        assert!(
+            g.inputs.iter().all(|i| i.shape[..2].iter().all(|d| !matches!(d, Dim::Known(_)))),
+            "{}: size not freed",
+            case.name
+        );
     }
     if let Some(cut) = case.cut {
         let at = g
@@ -399,6 +400,25 @@ fn cli_convert_without_size_then_verify() {
     for (size, err) in tract_at_sizes(&bytes, &CASES[0]) {
         eprintln!("cli file, tract {size}: {err:.3e}");
         assert!(err <= ATOL, "cli file at {size}: {err:e}");
+    }
+    // A whole-image file declares its size (225x177 here, 1152x896 in the paper's):
+    // `--input-size any` frees it, one file for every size.
+    let whole = common::fixtures_dir().join("k208tf_resnet50_whole_resnet/model.h5");
+    let out = tmp.join("whole.onnx");
+    let (ok, msg) = run(&[
+        "convert".as_ref(),
+        whole.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--input-size".as_ref(),
+        "any".as_ref(),
+    ]);
+    assert!(ok, "convert --input-size any: {msg}");
+    let bytes = std::fs::read(&out).unwrap();
+    assert_symbolic(&bytes, "cli whole");
+    for (size, err) in tract_at_sizes(&bytes, &CASES[1]) {
+        eprintln!("cli whole file, tract {size}: {err:.3e}");
+        assert!(err <= ATOL, "cli whole file at {size}: {err:e}");
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -25,6 +25,10 @@ pub struct ReadOptions {
     pub assume_backend: Option<String>,
     /// Spatial size to fix the inputs to (H, W) or (L,); `None` keeps the declared one.
     pub input_size: Option<Vec<usize>>,
+    /// Free a declared spatial size: every input's height and width (or length) become
+    /// symbols, so a whole-image model saved at 1152x896 exports as one file for all sizes
+    /// (`--input-size any`). Ignored when `input_size` is given.
+    pub any_size: bool,
 }
 
 /// Read a Keras `.h5` file into the IR.
@@ -118,7 +122,19 @@ pub fn read_model(path: &Path, opts: &ReadOptions) -> Result<Graph> {
         index: &index,
     };
     let theano = backend.as_deref() == Some("theano");
-    build_graph(&model, weights, source, keras1, keras3, theano, opts.input_size.as_deref())
+    let size = match (&opts.input_size, opts.any_size) {
+        (Some(s), _) => Size::Fixed(s),
+        (None, true) => Size::Any,
+        (None, false) => Size::Declared,
+    };
+    build_graph(&model, weights, source, keras1, keras3, theano, size)
+}
+
+/// The inputs' spatial size for shape inference.
+enum Size<'a> {
+    Declared,
+    Fixed(&'a [usize]),
+    Any,
 }
 
 /// The IR of a Keras `model_config` whose weights are already in memory, under
@@ -140,7 +156,8 @@ pub fn graph_from_config(
         label: &label,
         params,
     };
-    build_graph(&model, weights, source, false, false, false, input_size)
+    let size = input_size.map_or(Size::Declared, Size::Fixed);
+    build_graph(&model, weights, source, false, false, false, size)
 }
 
 /// Build the graph of a parsed config: refused layers all reported at once, weights from
@@ -152,7 +169,7 @@ fn build_graph(
     keras1: bool,
     keras3: bool,
     theano: bool,
-    input_size: Option<&[usize]>,
+    size: Size,
 ) -> Result<Graph> {
     let path = PathBuf::from(&source.file);
     let path = path.as_path();
@@ -197,8 +214,28 @@ fn build_graph(
     }
     source.warnings = b.warnings;
     graph.source = source;
+    let fixed = match size {
+        Size::Fixed(s) => Some(s),
+        Size::Declared => None,
+        Size::Any => {
+            for i in 0..graph.inputs.len() {
+                let input = &graph.inputs[i];
+                let (sp, c) = split_channels(&input.shape, input.data_format)
+                    .map_err(|e| Error::Graph(format!("{}: {e}", path.display())))?;
+                let names: &[&str] = if sp.len() == 2 { &["H", "W"] } else { &["L"] };
+                let free = (0..sp.len())
+                    .map(|k| Dim::sym(names.get(k).copied().unwrap_or("N")))
+                    .collect();
+                let shape = join_channels(free, c, input.data_format);
+                let v = input.value;
+                graph.inputs[i].shape = shape.clone();
+                graph.values[v].shape = shape;
+            }
+            None
+        }
+    };
     graph
-        .infer_shapes(input_size)
+        .infer_shapes(fixed)
         .map_err(|e| Error::Graph(format!("{}: {e}", path.display())))?;
     Ok(graph)
 }

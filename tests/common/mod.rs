@@ -194,7 +194,8 @@ pub fn keras_float32_error(
 /// output and every layer): [`RUNTIME_FACTOR`] times Keras's own float32 error on the
 /// fixture, and never looser than needed below 1e-4. Float32 runtimes summing in another
 /// order land at the same order of error; measured on this project's machine, tract and
-/// libtorch stay within 1.3x of Keras's own error.
+/// libtorch stay within 1.7x of Keras's own error (worst: libtorch on
+/// k208_resnet50_whole_resnet, 1.50e-4 against Keras's 9.1e-5).
 pub fn runtime_bound(keras_error: f32) -> f32 {
     (RUNTIME_FACTOR * keras_error).max(1e-4)
 }
