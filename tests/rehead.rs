@@ -353,6 +353,12 @@ fn refusals_name_the_layer_and_the_smallest_size() {
     o.cut = Some(vgg.layers.last().unwrap().path.clone());
     let e = rehead(&vgg, &o).unwrap_err().to_string();
     assert!(e.contains("not fully convolutional") && e.contains("GlobalAveragePooling2D"), "{e}");
+    // A user's own cut: any layer up to which the network is fully convolutional.
+    let mut own = ReheadOptions::new("vgg:8x1".parse().unwrap(), (97, 131));
+    own.cut = Some("block4_pool".into());
+    let (g, r) = rehead(&vgg, &own).expect("explicit cut");
+    assert_eq!((r.cut.as_str(), r.cut_rule.as_str()), ("block4_pool", "--cut"));
+    assert!(!g.layers.iter().any(|l| l.path.ends_with("block5_conv1")), "cut after block4_pool");
     o.cut = Some("no_such_layer".into());
     assert!(rehead(&vgg, &o).unwrap_err().to_string().contains("no_such_layer"));
     // A tf.keras patch model is not a Keras 2.0.8 one.
