@@ -607,12 +607,15 @@ def run(case):
         'kernel_orientation': fw.kernel_orientation,
         'generator': 'converters/train_step_ref.py',
         'architecture': arch,
-        'model': [{'path': p, 'class': l.__class__.__name__, 'trainable_attr_at_build':
+        'model': [{'path': p, 'class': l.__class__.__name__, 'trainable_attr_after_last_step':
                    bool(l.trainable),
                    'weights': [p + '/' + var_base(v) for v in l.weights]}
                   for p, l in walk(model)],
         'model_h5': 'model.h5: the model before compile, as this Keras saved it (w0 weights)',
-        'frozen_at_build': ['bn_frozen'] if arch == 'flat' else [],
+        'frozen_before_compile': (
+            ['bn_frozen (layer.trainable = False after building; so saved in model.h5)']
+            if arch == 'flat' else
+            ['input', 'patch (stage 1 only: model.layers[:top_layer_nb])']),
         'nested': None if arch == 'flat' else {
             'top_layer_nb': TOP_LAYER_NB,
             'stage1': 'model.layers[:2] (input, patch) trainable=False; top-level Dense/Conv2D '
