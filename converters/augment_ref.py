@@ -21,7 +21,8 @@ Inputs (`input/<name>`, float32 HWC):
           pixel fetched from the wrong place is visible.
 Outputs: `output/<case>` float32 HWC; `matrix/<case>` float64 3x3 (the offset-centred
 matrix Keras passed to apply_transform, absent when Keras warped nothing);
-`draws/<case>` float64 (every number Keras drew, in order). `cases.json` lists for each
+`draws/<case>` float64 (every number Keras drew, in order); `params/<case>` float64
+[theta, tx, ty, shear, zx, zy, flip_h, flip_v, channel shifts...]. `cases.json` lists for each
 case the input, the generator settings, the draw calls in order and the derived
 parameters (theta, tx, ty, shear, zx, zy, channel shifts, flips).
 """
@@ -141,7 +142,10 @@ CASES = [
     ("paper_index_s6", "index", PAPER, 6, None),
     ("paper_index_s7", "index", PAPER, 7, None),
     # hand-picked parameters (draws forced, in Keras's order)
-    ("zoom_only_ties", "index", dict(zoom_range=[.8, 1.2]), None, [[1.2, 0.8]]),
+    ("zoom_only", "index", dict(zoom_range=[.8, 1.2]), None, [[1.2, 0.8]]),
+    # zx = 0.5, zy = 1.5: source coordinates exactly on half-integers (ties of the
+    # order-0 rounding, floor(c + 0.5)) on every other row and column
+    ("zoom_half_ties", "index", dict(zoom_range=[.5, 1.5]), None, [[0.5, 1.5]]),
     ("shear_only", "index", dict(shear_range=.2), None, [-0.2]),
     ("rot90", "mdb028", dict(rotation_range=90.), None, [90.0]),
     ("shift_rot_constant", "index",
@@ -190,6 +194,11 @@ def main():
         arrays["output/" + case] = np.ascontiguousarray(y)
         arrays["draws/" + case] = np.array([v for c in rec.calls for v in c["value"]],
                                            dtype=np.float64)
+        # exact float64 copies of the derived parameters (JSON floats need not round-trip)
+        arrays["params/" + case] = np.array(
+            [params[k] for k in ("theta", "tx", "ty", "shear", "zx", "zy")]
+            + [float(params["flip_h"]), float(params["flip_v"])]
+            + list(params["channel_shift"] or []), dtype=np.float64)
         assert len(matrices) <= 1
         if matrices:
             arrays["matrix/" + case] = matrices[0]

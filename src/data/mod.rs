@@ -2,15 +2,24 @@
 //! (cv2 / pydicom), resize bit-exactly like `cv2.resize(..., INTER_CUBIC)`, apply the
 //! paper's preprocessing, and write heatmap overlays.
 
+pub mod augment;
+pub mod dataset;
 mod dicom;
 pub mod image_io;
 pub mod overlay;
 mod pnm;
 pub mod preprocess;
 pub mod resize;
+pub mod roc;
+pub mod synthetic;
 
 use std::path::{Path, PathBuf};
 
+pub use augment::{Augment, FillMode, RandomSource, Rng, Transform};
+pub use dataset::{
+    Batch, BatchOptions, Dataset, DatasetOptions, DatasetWarning, EpochIter, FileCheck,
+    LoaderStats, Sample, Weighting,
+};
 pub use image_io::{read_image, read_image_bytes, GrayImage};
 pub use overlay::{render_overlay, write_overlay, OverlayOptions};
 pub use preprocess::{flip_h, flip_v, Preprocess};
@@ -36,6 +45,9 @@ pub enum DataError {
     /// A valid file using a feature this reader does not implement.
     #[error("{}: unsupported image: {msg}", path.display())]
     Unsupported { path: PathBuf, msg: String },
+    /// A dataset folder problem (missing or empty class folder, bad label).
+    #[error("{}: {msg}", path.display())]
+    Dataset { path: PathBuf, msg: String },
     #[error("invalid preprocessing spec '{spec}': {msg}")]
     Spec { spec: String, msg: String },
     /// Bad in-memory arguments (shapes, sizes).
