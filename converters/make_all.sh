@@ -60,3 +60,6 @@ done
 for c in $($K208 converters/train_step_ref.py --list k208); do
   $K208 converters/train_step_ref.py "$c"
 done
+# Training augmentation references (fixtures/augment/): genuine Keras 2.0.8
+# ImageDataGenerator.random_transform on mini-MIAS crops and synthetic images.
+$K208 converters/augment_ref.py
