@@ -17,6 +17,8 @@ pub mod runtime;
 pub mod safetensors;
 #[cfg(feature = "torch")]
 pub mod torch;
+#[cfg(feature = "torch")]
+pub mod train;
 #[cfg(feature = "onnx")]
 pub mod verify;
 

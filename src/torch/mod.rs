@@ -13,8 +13,13 @@
 //!   pixels only (Keras 2 on Theano: by the whole window).
 //! * BatchNorm uses the moving statistics in eval mode; in training mode (`train=true`)
 //!   it uses batch statistics and updates them with torch momentum `1 - keras_momentum`.
+//! * [`TorchModel::forward_fit`] is the pass a Keras training step runs (`crate::train`):
+//!   gradients enabled, dropout on, and each BatchNorm layer as its [`FitSpec`] says
+//!   (Keras's moving-average update, or inference mode for a frozen layer in tf-keras);
+//!   it also returns the logits of softmax outputs. The inference paths are unchanged.
 //!
-//! Weights live in an [`nn::VarStore`] (frozen: no gradients). Variable names are
+//! Weights live in an [`nn::VarStore`] (frozen: no gradients; `crate::train` turns
+//! gradients on for the trainable ones and updates them in place). Variable names are
 //! [`var_name`]`(layer, slot)`: the Keras layer path split on `/` into VarStore path
 //! components, each component escaped (`%` -> `%25`, `.` -> `%2E`; tch forbids `.` inside a
 //! component), then the slot: `model_1/conv1` + `kernel` -> `model_1.conv1.kernel`;
@@ -37,7 +42,7 @@ pub use verify::*;
 
 use crate::error::{Error, Result};
 pub use crate::ir::SameRule;
-use crate::ir::{DataFormat, Graph, Producer, Source};
+use crate::ir::{DataFormat, Graph, Node, Producer, Source};
 use crate::layout;
 use std::collections::HashMap;
 use tch::{nn, Device, Kind, Tensor};
@@ -163,6 +168,60 @@ pub fn parse_device(s: &str) -> Result<Device> {
             ))),
         },
     }
+}
+
+/// How a BatchNorm layer behaves in a Keras training step ([`TorchModel::forward_fit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BnTrain {
+    /// Normalise with the moving statistics and update nothing (tf-keras: a layer whose
+    /// `trainable` is false runs in inference mode inside `fit`).
+    Inference,
+    /// Normalise with the batch mean and biased variance; then, unless `var` is `None`,
+    /// `moving = momentum * moving + (1 - momentum) * batch` for the mean and the variance
+    /// taken as `var` says.
+    Batch { var: Option<BnVar> },
+}
+
+/// The batch variance a BatchNorm layer feeds its moving average.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BnVar {
+    /// Biased (divided by n): Keras 2.0.8 on TensorFlow (`tf.nn.moments`), tf-keras's
+    /// non-fused path (inputs other than 4-D/5-D with the channel axis first or last).
+    Biased,
+    /// Bessel-corrected (n / (n - 1)): tf-keras's fused kernel (4-D/5-D inputs).
+    Unbiased,
+    /// Biased plus epsilon: Keras 2.0.8 on Theano (`normalize_batch_in_training` returns
+    /// `1 / stdinv^2`).
+    BiasedPlusEps,
+    /// tf-keras: `Unbiased` where its fused kernel runs (4-D or 5-D input normalised on
+    /// axis 1 or the last axis), `Biased` elsewhere (`tf.nn.moments`).
+    TfKeras,
+}
+
+/// What [`TorchModel::forward_fit`] needs: every BatchNorm layer's behaviour, by Keras
+/// layer path.
+#[derive(Debug, Clone, Default)]
+pub struct FitSpec {
+    pub bn: HashMap<String, BnTrain>,
+}
+
+/// Outputs of a training forward pass (Keras layout, in the autograd graph).
+pub struct FitOutputs {
+    pub outputs: Vec<Tensor>,
+    /// Per output: the logits when the output is a softmax (fused into a Conv/Dense or an
+    /// `Activation` layer), as Keras's cross-entropy from logits takes them.
+    pub logits: Vec<Option<Tensor>>,
+}
+
+/// How a pass runs.
+#[derive(Clone, Copy)]
+pub(crate) enum Mode<'a> {
+    /// Inference: moving statistics, no dropout, no gradients.
+    Eval,
+    /// `forward_t(.., true)`: batch statistics with torch's update, dropout, no gradients.
+    Train,
+    /// A Keras training step: gradients, dropout, BatchNorm per the spec.
+    Fit(&'a FitSpec),
 }
 
 /// A tensor and its physical layout (see the module docs).
@@ -342,6 +401,128 @@ impl TorchModel {
             .collect()
     }
 
+    /// The training-step pass (see [`FitSpec`]): gradients flow to every variable that
+    /// requires them; moving statistics are updated in place as the spec says. Outputs
+    /// in Keras layout, with the logits of softmax outputs.
+    pub fn forward_fit(&self, inputs: &[Tensor], spec: &FitSpec) -> Result<FitOutputs> {
+        let mut logits: HashMap<usize, Val> = HashMap::new();
+        let vals = self.execute_mode(inputs, Mode::Fit(spec), false, Some(&mut logits))?;
+        let mut outputs = Vec::with_capacity(self.graph.outputs.len());
+        let mut lg = Vec::with_capacity(self.graph.outputs.len());
+        for &o in &self.graph.outputs {
+            match &vals[o] {
+                Some(v) => outputs.push(keras_layout(v)?),
+                None => {
+                    return Err(Error::graph(format!(
+                        "output {} was not computed",
+                        self.graph.values[o].name
+                    )))
+                }
+            }
+            lg.push(logits.get(&o).map(keras_layout).transpose()?);
+        }
+        Ok(FitOutputs {
+            outputs,
+            logits: lg,
+        })
+    }
+
+    /// The VarStore variable of weight `slot` of layer `layer` (a handle on the same
+    /// storage; torch layout, see the module table).
+    pub fn variable(&self, layer: &str, slot: &str) -> Result<Tensor> {
+        self.weight(layer, slot).map(Tensor::shallow_clone)
+    }
+
+    /// Every weight back in Keras layout, keyed like [`Graph::params`]
+    /// (`{layer}.{slot}`): the graph's parameters as the VarStore holds them now (after
+    /// training steps, for a checkpoint).
+    pub fn keras_params(&self) -> Result<std::collections::BTreeMap<String, crate::ir::Tensor>> {
+        let mut out = std::collections::BTreeMap::new();
+        for n in &self.graph.nodes {
+            for slot in n.op.weight_slots() {
+                let key = n.param_key(slot);
+                if out.contains_key(&key) {
+                    continue;
+                }
+                let shape = &self
+                    .graph
+                    .params
+                    .get(&key)
+                    .ok_or_else(|| {
+                        Error::graph(format!("node {}: missing parameter {key}", n.name))
+                    })?
+                    .shape;
+                let h = to_host(self.weight(&n.layer, slot)?)?;
+                let t = crate::ir::Tensor::new(h.shape, h.data)?;
+                out.insert(key, ops::from_torch_layout(&n.op, slot, &t, shape)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A tensor laid out like weight `{layer}.{slot}` in the VarStore (an optimizer's
+    /// moment of it, say) in Keras layout.
+    pub fn keras_layout_of(
+        &self,
+        layer: &str,
+        slot: &str,
+        t: &Tensor,
+    ) -> Result<crate::ir::Tensor> {
+        let key = format!("{layer}.{slot}");
+        let n = self
+            .graph
+            .nodes
+            .iter()
+            .find(|n| n.layer == layer && n.op.weight_slots().contains(&slot))
+            .ok_or_else(|| Error::graph(format!("no weight {key} in the graph")))?;
+        let shape = &self
+            .graph
+            .params
+            .get(&key)
+            .ok_or_else(|| Error::graph(format!("no parameter {key}")))?
+            .shape;
+        let h = to_host(t)?;
+        let t = crate::ir::Tensor::new(h.shape, h.data)?;
+        ops::from_torch_layout(&n.op, slot, &t, shape)
+    }
+
+    /// Replace weight `{layer}.{slot}` with a Keras-layout tensor (shape checked): loading a
+    /// checkpoint into the live VarStore.
+    pub fn set_keras_param(
+        &self,
+        layer: &str,
+        slot: &str,
+        value: &crate::ir::Tensor,
+    ) -> Result<()> {
+        let key = format!("{layer}.{slot}");
+        let n = self
+            .graph
+            .nodes
+            .iter()
+            .find(|n| n.layer == layer && n.op.weight_slots().contains(&slot))
+            .ok_or_else(|| Error::graph(format!("no weight {key} in the graph")))?;
+        let want = &self
+            .graph
+            .params
+            .get(&key)
+            .ok_or_else(|| Error::graph(format!("no parameter {key}")))?
+            .shape;
+        if &value.shape != want {
+            return Err(Error::graph(format!(
+                "{key}: shape {:?}, the model's is {want:?}",
+                value.shape
+            )));
+        }
+        let t = ops::to_torch_layout(&n.op, slot, value)?;
+        let src = from_host(&t.shape, &t.data, self.device())?;
+        let mut var = self.weight(layer, slot)?.shallow_clone();
+        let _guard = tch::no_grad_guard();
+        let src = src
+            .f_to_kind(var.kind())
+            .map_err(terr("loading a weight"))?;
+        var.f_copy_(&src).map_err(terr(&format!("loading {key}")))
+    }
+
     /// Convenience: host data in (Keras layout, batch included), host outputs out.
     pub fn run_host(&self, shape: &[usize], data: &[f32]) -> Result<Vec<HostTensor>> {
         let x = from_host(shape, data, self.device())?;
@@ -359,6 +540,19 @@ impl TorchModel {
         train: bool,
         keep_all: bool,
     ) -> Result<Vec<Option<Val>>> {
+        let mode = if train { Mode::Train } else { Mode::Eval };
+        self.execute_mode(inputs, mode, keep_all, None)
+    }
+
+    /// [`TorchModel::execute`] in any [`Mode`]; without gradients unless `Mode::Fit`. With
+    /// `logits`, softmax outputs leave their logits there (by value id).
+    pub(crate) fn execute_mode(
+        &self,
+        inputs: &[Tensor],
+        mode: Mode,
+        keep_all: bool,
+        mut logits: Option<&mut HashMap<usize, Val>>,
+    ) -> Result<Vec<Option<Val>>> {
         let g = &self.graph;
         if inputs.len() != g.inputs.len() {
             return Err(Error::Other(format!(
@@ -367,7 +561,10 @@ impl TorchModel {
                 inputs.len()
             )));
         }
-        let _guard = tch::no_grad_guard();
+        let _guard = match mode {
+            Mode::Fit(_) => None,
+            Mode::Eval | Mode::Train => Some(tch::no_grad_guard()),
+        };
         let mut vals: Vec<Option<Val>> = (0..g.values.len()).map(|_| None).collect();
         for (inp, x) in g.inputs.iter().zip(inputs) {
             let rank = inp.shape.len() + 1;
@@ -401,13 +598,53 @@ impl TorchModel {
             uses[o] += 1;
         }
         for n in &g.nodes {
-            let out = ops::run_node(self, &vals, n, train).map_err(|e| match e {
+            let name = |e: Error| match e {
                 Error::Graph(m) if !m.contains(&n.name) => {
                     Error::graph(format!("node {} ({}): {m}", n.name, n.class))
                 }
                 Error::Other(m) => Error::Other(format!("node {} ({}): {m}", n.name, n.class)),
                 e => e,
-            })?;
+            };
+            let sink = match logits.as_deref_mut() {
+                Some(s) if g.outputs.contains(&n.output) => Some(s),
+                _ => None,
+            };
+            let out = match sink {
+                None => ops::run_node(self, &vals, n, mode).map_err(name)?,
+                Some(sink) => match ops::split_softmax(&n.op) {
+                    // Softmax fused into a Conv/Dense: run it linear, keep the logits.
+                    Some((lin, act)) => {
+                        let lin_node = Node {
+                            op: lin,
+                            ..n.clone()
+                        };
+                        let z = ops::run_node(self, &vals, &lin_node, mode).map_err(name)?;
+                        let t = ops::activation(&z.t, &act, &z.lay).map_err(name)?;
+                        let lay = z.lay.clone();
+                        sink.insert(n.output, z);
+                        Val { t, lay }
+                    }
+                    None => {
+                        let out = ops::run_node(self, &vals, n, mode).map_err(name)?;
+                        if let (
+                            crate::ir::Op::Activation(crate::ir::Activation::Softmax { .. }),
+                            [v],
+                        ) = (&n.op, n.inputs.as_slice())
+                        {
+                            if let Some(z) = &vals[*v] {
+                                sink.insert(
+                                    n.output,
+                                    Val {
+                                        t: z.t.shallow_clone(),
+                                        lay: z.lay.clone(),
+                                    },
+                                );
+                            }
+                        }
+                        out
+                    }
+                },
+            };
             vals[n.output] = Some(out);
             if !keep_all {
                 for &v in &n.inputs {

@@ -1,6 +1,6 @@
 //! One function per IR op; the `match` in [`run_node`] is exhaustive over [`Op`].
 
-use super::{permute_to, terr, BilinearMode, SameRule, TorchModel, Val};
+use super::{permute_to, terr, BilinearMode, BnTrain, BnVar, Mode, SameRule, TorchModel, Val};
 use crate::error::{Error, Result};
 use crate::ir::{self, *};
 use crate::layout;
@@ -56,11 +56,76 @@ pub(crate) fn to_torch_layout(op: &Op, slot: &str, p: &ir::Tensor) -> Result<ir:
     })
 }
 
+/// Inverse of [`to_torch_layout`]: a VarStore tensor back in Keras layout, `keras_shape`
+/// being the weight's Keras shape (the graph's parameter).
+pub(crate) fn from_torch_layout(
+    op: &Op,
+    slot: &str,
+    t: &ir::Tensor,
+    keras_shape: &[usize],
+) -> Result<ir::Tensor> {
+    let r = keras_shape.len();
+    // Undo `kernel_to_channels_first`: (out, in, spatial...) -> (spatial..., in, out).
+    let kernel_back = |t: &ir::Tensor| {
+        let mut perm = vec![r - 1, r - 2];
+        perm.extend(0..r - 2);
+        layout::transpose(t, &layout::inverse_perm(&perm))
+    };
+    let out = match (op, slot) {
+        (Op::Conv(_), "kernel") | (Op::DepthwiseConv(_), "pointwise_kernel") if r >= 3 => {
+            kernel_back(t)
+        }
+        (Op::DepthwiseConv(_), "depthwise_kernel") if r >= 3 => {
+            // (in*mult, 1, spatial...) -> (in, mult, spatial...) -> (spatial..., in, mult)
+            let mut shape = vec![keras_shape[r - 2], keras_shape[r - 1]];
+            shape.extend_from_slice(&keras_shape[..r - 2]);
+            let grouped = ir::Tensor::new(shape, t.data.clone())?;
+            let mut perm = vec![r - 2, r - 1];
+            perm.extend(0..r - 2);
+            layout::transpose(&grouped, &layout::inverse_perm(&perm))
+        }
+        (Op::Dense(_), "kernel") if r == 2 => layout::transpose(t, &[1, 0]),
+        _ => t.clone(),
+    };
+    if out.shape != keras_shape {
+        return Err(Error::graph(format!(
+            "weight {slot}: VarStore shape {:?} does not give the Keras shape {keras_shape:?}",
+            t.shape
+        )));
+    }
+    Ok(out)
+}
+
+/// A node whose fused activation is a softmax, as the same op without it (linear) and
+/// the softmax: a training forward keeps the logits for Keras's cross-entropy.
+pub(crate) fn split_softmax(op: &Op) -> Option<(Op, Activation)> {
+    let act = match op {
+        Op::Conv(c) => &c.activation,
+        Op::DepthwiseConv(c) => &c.activation,
+        Op::Dense(c) => &c.activation,
+        _ => return None,
+    };
+    if !matches!(act, Activation::Softmax { .. }) {
+        return None;
+    }
+    let act = *act;
+    let mut lin = op.clone();
+    match &mut lin {
+        Op::Conv(c) => c.activation = Activation::Linear,
+        Op::DepthwiseConv(c) => c.activation = Activation::Linear,
+        Op::Dense(c) => c.activation = Activation::Linear,
+        _ => return None,
+    }
+    Some((lin, act))
+}
+
 struct Cx<'a> {
     m: &'a TorchModel,
     vals: &'a [Option<Val>],
     n: &'a Node,
+    /// Dropout active, BatchNorm on batch statistics (unless the fit spec says otherwise).
     train: bool,
+    mode: Mode<'a>,
 }
 
 fn i64s(v: &[usize]) -> Vec<i64> {
@@ -222,8 +287,15 @@ fn symmetric(pads: &[(i64, i64)]) -> Option<Vec<i64>> {
         .then(|| pads.iter().map(|&(a, _)| a).collect())
 }
 
-pub(crate) fn run_node(m: &TorchModel, vals: &[Option<Val>], n: &Node, train: bool) -> Result<Val> {
-    let cx = Cx { m, vals, n, train };
+pub(crate) fn run_node(m: &TorchModel, vals: &[Option<Val>], n: &Node, mode: Mode) -> Result<Val> {
+    let train = !matches!(mode, Mode::Eval);
+    let cx = Cx {
+        m,
+        vals,
+        n,
+        train,
+        mode,
+    };
     match &n.op {
         Op::Conv(c) => conv(&cx, c),
         Op::DepthwiseConv(c) => depthwise(&cx, c),
@@ -449,20 +521,31 @@ fn batch_norm(cx: &Cx, c: &BatchNormConfig) -> Result<Val> {
     };
     let gamma = if c.scale { Some(cx.w("gamma")?) } else { None };
     let beta = if c.center { Some(cx.w("beta")?) } else { None };
-    // Eval: the moving statistics. Train: batch statistics, moving ones updated with
-    // torch momentum = 1 - Keras momentum.
-    let y = x
-        .f_batch_norm(
-            gamma,
-            beta,
-            Some(cx.w("moving_mean")?),
-            Some(cx.w("moving_variance")?),
-            cx.train,
-            1.0 - c.momentum as f64,
-            c.epsilon as f64,
-            true,
-        )
-        .map_err(terr("batch_norm"))?;
+    let y = match cx.mode {
+        Mode::Fit(spec) => {
+            let how = spec.bn.get(&cx.n.layer).copied().ok_or_else(|| {
+                Error::graph(format!(
+                    "BatchNorm layer {}: no training behaviour in the fit spec",
+                    cx.n.layer
+                ))
+            })?;
+            batch_norm_fit(cx, c, &x, gamma, beta, how)?
+        }
+        // Eval: the moving statistics. Train: batch statistics, moving ones updated with
+        // torch momentum = 1 - Keras momentum.
+        Mode::Eval | Mode::Train => x
+            .f_batch_norm(
+                gamma,
+                beta,
+                Some(cx.w("moving_mean")?),
+                Some(cx.w("moving_variance")?),
+                cx.train,
+                1.0 - c.momentum as f64,
+                c.epsilon as f64,
+                true,
+            )
+            .map_err(terr("batch_norm"))?,
+    };
     let y = if p == 1 {
         y
     } else {
@@ -473,6 +556,81 @@ fn batch_norm(cx: &Cx, c: &BatchNormConfig) -> Result<Val> {
         t: y,
         lay: v.lay.clone(),
     })
+}
+
+/// BatchNorm in a Keras training step (`x` channels at axis 1). `Inference`: the moving
+/// statistics, nothing updated. `Batch`: normalised with the batch mean and biased
+/// variance (differentiable), and the moving statistics updated in place, outside the
+/// autograd graph: `moving = momentum * moving + (1 - momentum) * batch`, the variance
+/// taken as [`BnVar`] says.
+fn batch_norm_fit(
+    cx: &Cx,
+    c: &BatchNormConfig,
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    how: BnTrain,
+) -> Result<Tensor> {
+    let e = terr("batch_norm");
+    let mm = cx.w("moving_mean")?;
+    let mv = cx.w("moving_variance")?;
+    let eps = c.epsilon as f64;
+    match how {
+        BnTrain::Inference => x
+            .f_batch_norm(gamma, beta, Some(mm), Some(mv), false, 0.0, eps, true)
+            .map_err(e),
+        BnTrain::Batch { var } => {
+            let y = x
+                .f_batch_norm(
+                    gamma,
+                    beta,
+                    None::<&Tensor>,
+                    None::<&Tensor>,
+                    true,
+                    0.0,
+                    eps,
+                    true,
+                )
+                .map_err(&e)?;
+            if let Some(var) = var {
+                let _guard = tch::no_grad_guard();
+                let xd = x.detach();
+                let dims: Vec<i64> = (0..xd.dim() as i64).filter(|&d| d != 1).collect();
+                let (bvar, bmean) = xd
+                    .f_var_mean_correction(dims.as_slice(), 0i64, false)
+                    .map_err(&e)?;
+                let ch = xd.size()[1].max(1);
+                let n = (xd.numel() as i64 / ch) as f64;
+                let rank = xd.dim();
+                let fused = (rank == 4 || rank == 5) && (c.axis == 1 || c.axis == rank - 1);
+                let unbiased = match var {
+                    BnVar::Unbiased => true,
+                    BnVar::TfKeras => fused,
+                    BnVar::Biased | BnVar::BiasedPlusEps => false,
+                };
+                let stat = if unbiased {
+                    let f = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+                    bvar.f_mul_scalar(f).map_err(&e)?
+                } else if var == BnVar::BiasedPlusEps {
+                    bvar.f_add_scalar(eps).map_err(&e)?
+                } else {
+                    bvar
+                };
+                let m = c.momentum as f64;
+                for (var_t, batch) in [(mm, bmean), (mv, stat)] {
+                    let kept = var_t.f_mul_scalar(m).map_err(&e)?;
+                    let new = batch
+                        .f_mul_scalar(1.0 - m)
+                        .and_then(|b| kept.f_add(&b))
+                        .map_err(&e)?;
+                    // A handle on the same storage: the VarStore variable changes.
+                    let mut target = var_t.shallow_clone();
+                    target.f_copy_(&new).map_err(&e)?;
+                }
+            }
+            Ok(y)
+        }
+    }
 }
 
 /// Keras PReLU: `relu(x) + alpha * min(x, 0)`; alpha (Keras layout, no batch) gets a

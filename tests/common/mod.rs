@@ -170,7 +170,10 @@ pub fn keras_float32_error(
     exact: &std::collections::BTreeMap<String, allconv::onnx::meta::Array>,
 ) -> (f32, String) {
     let mut worst = (0f32, String::new());
-    for (k, t) in exact.iter().filter(|(k, _)| *k == "output" || k.starts_with("layer/")) {
+    for (k, t) in exact
+        .iter()
+        .filter(|(k, _)| *k == "output" || k.starts_with("layer/"))
+    {
         let Some(kv) = keras.get(k) else { continue };
         if kv.data.len() != t.data.len() {
             continue;
