@@ -96,6 +96,9 @@ enum Command {
     Bench(BenchCmd),
     /// Patch classifier -> whole-image classifier, as the paper's add_top_layers builds it.
     Rehead(cli::rehead::ReheadArgs),
+    /// Fine-tune on folders of labelled images: the paper's two-stage training (libtorch).
+    #[cfg(feature = "torch")]
+    Finetune(Box<cli::finetune::FinetuneArgs>),
 }
 
 #[derive(Subcommand)]
@@ -213,6 +216,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify_cmd(args),
         Command::Bench(cmd) => bench_cmd(cmd),
         Command::Rehead(args) => cli::rehead::main(args),
+        #[cfg(feature = "torch")]
+        Command::Finetune(args) => cli::finetune::main(*args),
         Command::Inspect { model, json } => match read_model(&model.model, &model.options()) {
             Ok(g) => {
                 let r = InspectReport::new(&g);

@@ -15,6 +15,7 @@
 //! | optimizer defaults | epsilon 1e-8, Adagrad from 0, `/(sqrt(a) + eps)` | epsilon 1e-7, Adagrad from 0.1, `/sqrt(a + eps)`, Nadam schedule `0.96^t` |
 
 pub mod checkpoint;
+pub mod fit;
 pub mod model;
 pub mod optim;
 pub mod regularize;
