@@ -63,3 +63,4 @@ done
 # Training augmentation references (fixtures/augment/): genuine Keras 2.0.8
 # ImageDataGenerator.random_transform on mini-MIAS crops and synthetic images.
 $K208 converters/augment_ref.py
+$K208 converters/dropout_probe.py

@@ -397,7 +397,7 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
     }
     if a.hidden_dropout2 != a.hidden_dropout || a.weight_decay2 != a.weight_decay {
         eprintln!(
-            "note: the paper's code re-assigns Dropout rates and kernel L2 between stages on a built model; Keras 2.0.8 keeps the built L2 (measured, fixtures/train_step) and allconv follows the model file's flavour for L2; Dropout rates stay as built"
+            "note: the paper's code re-assigns Dropout rates and kernel L2 between stages on an already built model; genuine Keras 2.0.8 keeps the built values for both (measured: fixtures/train_step), and so does allconv for Keras 2.0.x files; for tf-keras files the L2 is re-assigned as tf-keras does, the Dropout rates stay as built"
         );
     }
     let opts = FitOptions {
