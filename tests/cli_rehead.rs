@@ -27,8 +27,17 @@ fn rehead_writes_h5_onnx_and_safetensors() {
     for ext in ["h5", "onnx", "safetensors"] {
         let out = tmp.join(format!("whole.{ext}"));
         let (ok, stdout, stderr) = allconv(&[
-            "rehead", patch, "-o", out.to_str().unwrap(), "--input-size", "1024x768",
-            "--top", top, "--seed", "3", "--json",
+            "rehead",
+            patch,
+            "-o",
+            out.to_str().unwrap(),
+            "--input-size",
+            "1024x768",
+            "--top",
+            top,
+            "--seed",
+            "3",
+            "--json",
         ]);
         assert!(ok, "{ext}: {stderr}");
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
@@ -38,27 +47,51 @@ fn rehead_writes_h5_onnx_and_safetensors() {
         assert!(out.is_file(), "{ext} written");
     }
     // The .h5 reads back as the model it describes.
-    let (ok, stdout, stderr) = allconv(&[
-        "inspect", tmp.join("whole.h5").to_str().unwrap(), "--json",
-    ]);
+    let (ok, stdout, stderr) =
+        allconv(&["inspect", tmp.join("whole.h5").to_str().unwrap(), "--json"]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["keras_version"], "2.0.8");
     // Too small: a clear error, nothing written.
     let out = tmp.join("small.h5");
     let (ok, _, stderr) = allconv(&[
-        "rehead", patch, "-o", out.to_str().unwrap(), "--input-size", "300x200", "--top", top,
+        "rehead",
+        patch,
+        "-o",
+        out.to_str().unwrap(),
+        "--input-size",
+        "300x200",
+        "--top",
+        top,
     ]);
-    assert!(!ok && stderr.contains("smallest size that works is"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("smallest size that works is"),
+        "{stderr}"
+    );
     assert!(!out.exists());
     // A bad recipe and an unknown cut name what is wrong.
     let (ok, _, stderr) = allconv(&[
-        "rehead", patch, "-o", out.to_str().unwrap(), "--input-size", "800x800", "--top", "mlp:3",
+        "rehead",
+        patch,
+        "-o",
+        out.to_str().unwrap(),
+        "--input-size",
+        "800x800",
+        "--top",
+        "mlp:3",
     ]);
     assert!(!ok && stderr.contains("mlp"), "{stderr}");
     let (ok, _, stderr) = allconv(&[
-        "rehead", patch, "-o", out.to_str().unwrap(), "--input-size", "800x800", "--top", "vgg:8x1",
-        "--cut", "nope",
+        "rehead",
+        patch,
+        "-o",
+        out.to_str().unwrap(),
+        "--input-size",
+        "800x800",
+        "--top",
+        "vgg:8x1",
+        "--cut",
+        "nope",
     ]);
     assert!(!ok && stderr.contains("nope"), "{stderr}");
     assert!(!out.exists());

@@ -20,7 +20,10 @@ fn gzip_compressed_weights_read_bit_for_bit() {
         let u = &gz.params[k];
         assert_eq!(t.shape, u.shape, "{k}");
         assert!(
-            t.data.iter().zip(&u.data).all(|(a, b)| a.to_bits() == b.to_bits()),
+            t.data
+                .iter()
+                .zip(&u.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{k} differs"
         );
     }

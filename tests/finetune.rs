@@ -25,8 +25,7 @@ fn tmp(tag: &str) -> PathBuf {
 fn data(root: &Path, per_class: [usize; 3]) -> [PathBuf; 3] {
     let dirs = ["train", "val", "test"].map(|d| root.join(d));
     for (i, d) in dirs.iter().enumerate() {
-        allconv::data::synthetic::write_two_class(d, per_class[i], 100 + i as u64, 64, 64)
-            .unwrap();
+        allconv::data::synthetic::write_two_class(d, per_class[i], 100 + i as u64, 64, 64).unwrap();
     }
     dirs
 }
@@ -95,7 +94,12 @@ fn same_weights(a: &Path, b: &Path) -> Result<(), String> {
     );
     for (k, t) in &ga.params {
         let u = gb.params.get(k).ok_or(format!("{k} missing"))?;
-        if t.shape != u.shape || t.data.iter().zip(&u.data).any(|(x, y)| x.to_bits() != y.to_bits()) {
+        if t.shape != u.shape
+            || t.data
+                .iter()
+                .zip(&u.data)
+                .any(|(x, y)| x.to_bits() != y.to_bits())
+        {
             return Err(format!("{k} differs"));
         }
     }
@@ -113,7 +117,15 @@ fn synthetic_set_learns_and_a_seed_reproduces_it() {
     // against Keras in tests/augment_keras.rs, and runs in the resume test below.)
     let mut args = base_args(
         &out,
-        &["--nb-epoch", "2", "--all-layer-epochs", "3", "--no-augmentation", "--json", "--log"],
+        &[
+            "--nb-epoch",
+            "2",
+            "--all-layer-epochs",
+            "3",
+            "--no-augmentation",
+            "--json",
+            "--log",
+        ],
     );
     args.push(log.display().to_string());
     for d in [&train, &val, &test] {
@@ -136,20 +148,50 @@ fn synthetic_set_learns_and_a_seed_reproduces_it() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 5);
-    for k in ["epoch", "stage", "loss", "acc", "val_loss", "val_auroc", "lr", "images_per_s", "data_wait_share"] {
-        assert!(lines.iter().all(|l| !l[k].is_null()), "{k} in every log line");
+    for k in [
+        "epoch",
+        "stage",
+        "loss",
+        "acc",
+        "val_loss",
+        "val_auroc",
+        "lr",
+        "images_per_s",
+        "data_wait_share",
+    ] {
+        assert!(
+            lines.iter().all(|l| !l[k].is_null()),
+            "{k} in every log line"
+        );
     }
-    assert_eq!((lines[0]["stage"].as_u64(), lines[4]["stage"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (lines[0]["stage"].as_u64(), lines[4]["stage"].as_u64()),
+        (Some(1), Some(2))
+    );
     // Outputs: the best model as .h5 (genuine-dialect file allconv reads back) and ONNX,
     // ROC curves.
-    for f in ["best.h5", "best.onnx", "best_val_roc.png", "best_test_roc.png"] {
+    for f in [
+        "best.h5",
+        "best.onnx",
+        "best_val_roc.png",
+        "best_test_roc.png",
+    ] {
         assert!(root.join("out").join(f).is_file(), "{f}");
     }
     let g = read_model(&out, &ReadOptions::default()).unwrap();
     assert_eq!(g.source.keras_version.as_deref(), Some("2.0.8"));
     // The same seed, the same weights, bit for bit.
     let out2 = root.join("out2/best.h5");
-    let mut args2 = base_args(&out2, &["--nb-epoch", "2", "--all-layer-epochs", "3", "--no-augmentation"]);
+    let mut args2 = base_args(
+        &out2,
+        &[
+            "--nb-epoch",
+            "2",
+            "--all-layer-epochs",
+            "3",
+            "--no-augmentation",
+        ],
+    );
     for d in [&train, &val, &test] {
         args2.push(d.display().to_string());
     }
@@ -168,7 +210,17 @@ fn killed_run_resumes_to_the_same_weights() {
     let dirs = [train.display().to_string(), val.display().to_string()];
     let run = |out: &Path, extra: &[&str]| {
         let last = out.with_file_name("last.h5").display().to_string();
-        let mut a = base_args(out, &["--nb-epoch", "2", "--all-layer-epochs", "4", "--final-model", &last]);
+        let mut a = base_args(
+            out,
+            &[
+                "--nb-epoch",
+                "2",
+                "--all-layer-epochs",
+                "4",
+                "--final-model",
+                &last,
+            ],
+        );
         a.extend(extra.iter().map(|s| s.to_string()));
         a.extend(dirs.iter().cloned());
         a
@@ -202,7 +254,11 @@ fn killed_run_resumes_to_the_same_weights() {
     let (ok, _, stderr) = allconv(&run(&cut, &["--resume"]));
     assert!(ok, "resume: {stderr}");
     same_weights(&full, &cut).unwrap();
-    same_weights(&full.with_file_name("last.h5"), &cut.with_file_name("last.h5")).unwrap();
+    same_weights(
+        &full.with_file_name("last.h5"),
+        &cut.with_file_name("last.h5"),
+    )
+    .unwrap();
     std::fs::remove_dir_all(&root).ok();
 }
 
@@ -215,22 +271,72 @@ fn the_papers_finetune_command_runs_as_written() {
     // A whole-image model, as the paper resumes from one.
     let whole = root.join("whole.h5");
     let (ok, _, stderr) = allconv(
-        &["rehead", &patch(), "-o", &whole.display().to_string(), "--input-size", "64x64", "--top", "vgg:16x1"]
-            .map(String::from),
+        &[
+            "rehead",
+            &patch(),
+            "-o",
+            &whole.display().to_string(),
+            "--input-size",
+            "64x64",
+            "--top",
+            "vgg:16x1",
+        ]
+        .map(String::from),
     );
     assert!(ok, "{stderr}");
     let best = root.join("transferred_inbreast_best_model.h5");
     let args: Vec<String> = [
-        "finetune", "--no-patch-model-state", "--resume-from", &whole.display().to_string(),
-        "--img-size", "64", "64", "--no-img-scale", "--rescale-factor", "0.0000305",
-        "--featurewise-center", "--featurewise-mean", "0.5", "--no-equalize-hist",
-        "--batch-size", "4", "--train-bs-multiplier", "0.5", "--augmentation",
-        "--class-list", "neg", "pos", "--nb-epoch", "0", "--all-layer-epochs", "2",
-        "--load-val-ram", "--load-train-ram", "--optimizer", "adam", "--weight-decay", "0.001",
-        "--hidden-dropout", "0.0", "--weight-decay2", "0.01", "--hidden-dropout2", "0.0",
-        "--init-learningrate", "0.0001", "--all-layer-multiplier", "0.01", "--es-patience", "10",
-        "--auto-batch-balance", "--best-model", &best.display().to_string(),
-        "--final-model", "NOSAVE", &train.display().to_string(), &val.display().to_string(),
+        "finetune",
+        "--no-patch-model-state",
+        "--resume-from",
+        &whole.display().to_string(),
+        "--img-size",
+        "64",
+        "64",
+        "--no-img-scale",
+        "--rescale-factor",
+        "0.0000305",
+        "--featurewise-center",
+        "--featurewise-mean",
+        "0.5",
+        "--no-equalize-hist",
+        "--batch-size",
+        "4",
+        "--train-bs-multiplier",
+        "0.5",
+        "--augmentation",
+        "--class-list",
+        "neg",
+        "pos",
+        "--nb-epoch",
+        "0",
+        "--all-layer-epochs",
+        "2",
+        "--load-val-ram",
+        "--load-train-ram",
+        "--optimizer",
+        "adam",
+        "--weight-decay",
+        "0.001",
+        "--hidden-dropout",
+        "0.0",
+        "--weight-decay2",
+        "0.01",
+        "--hidden-dropout2",
+        "0.0",
+        "--init-learningrate",
+        "0.0001",
+        "--all-layer-multiplier",
+        "0.01",
+        "--es-patience",
+        "10",
+        "--auto-batch-balance",
+        "--best-model",
+        &best.display().to_string(),
+        "--final-model",
+        "NOSAVE",
+        &train.display().to_string(),
+        &val.display().to_string(),
         &test.display().to_string(),
     ]
     .map(String::from)
@@ -251,7 +357,12 @@ fn bad_input_is_refused_clearly_and_nothing_is_written() {
     let with = |extra: &[&str], dirs: &[String]| {
         let mut a = base_args(&out, &["--nb-epoch", "0", "--all-layer-epochs", "1"]);
         a.extend(extra.iter().map(|s| s.to_string()));
-        a.extend(["--train".to_string(), dirs[0].clone(), "--val".to_string(), dirs[1].clone()]);
+        a.extend([
+            "--train".to_string(),
+            dirs[0].clone(),
+            "--val".to_string(),
+            dirs[1].clone(),
+        ]);
         allconv(&a)
     };
     // An empty class folder.
@@ -266,11 +377,17 @@ fn bad_input_is_refused_clearly_and_nothing_is_written() {
     // A flag allconv does not implement, refused by name.
     let (ok, _, stderr) = with(&["--equalize-hist"], &dirs);
     assert!(!ok && stderr.contains("--equalize-hist"), "{stderr}");
-    assert!(!out.exists() && !out.with_extension("onnx").exists(), "nothing written");
+    assert!(
+        !out.exists() && !out.with_extension("onnx").exists(),
+        "nothing written"
+    );
     // A corrupt PNG is reported by name and skipped; the run goes on.
     std::fs::write(train.join("pos/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let (ok, _, stderr) = with(&[], &dirs);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("broken.png"), "the corrupt file is named: {stderr}");
+    assert!(
+        stderr.contains("broken.png"),
+        "the corrupt file is named: {stderr}"
+    );
     std::fs::remove_dir_all(&root).ok();
 }

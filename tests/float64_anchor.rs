@@ -47,7 +47,15 @@ fn keras_float32_is_within_bounds_of_the_float64_graph() {
             let path = key.trim_start_matches("layer/");
             let Some(tl) = exact.get(key) else { continue };
             let scale = layer_atol(1.0, true, &kl.data);
-            let c = compare(path, &tl.data, &tl.shape, &kl.data, &kl.shape, f32::INFINITY, 0.0);
+            let c = compare(
+                path,
+                &tl.data,
+                &tl.shape,
+                &kl.data,
+                &kl.shape,
+                f32::INFINITY,
+                0.0,
+            );
             if c.max_abs_err / scale > worst {
                 (worst, worst_layer) = (c.max_abs_err / scale, path.to_string());
             }

@@ -4,38 +4,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// Run `allconv inspect FILE` with a deadline; returns (exit code, stderr).
 fn inspect(file: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_allconv"))
-        .arg("inspect")
-        .arg(file)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("allconv runs");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status.code(), err);
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("allconv inspect {} hung for 60 s", file.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut args: Vec<std::ffi::OsString> = vec!["inspect".into(), file.into()];
+    args.extend(extra.iter().map(Into::into));
+    common::allconv_with_deadline(&args, 60)
 }
 
 #[test]

@@ -38,7 +38,10 @@ fn starved(name: &str, skipped: &[(String, String)]) -> (Vec<String>, Vec<String
     let mut bad = Vec::new();
     for (k, why) in skipped {
         let path = k.trim_start_matches("layer/");
-        if NOT_ISOLABLE.iter().any(|(f, l, _)| *f == name && *l == path) {
+        if NOT_ISOLABLE
+            .iter()
+            .any(|(f, l, _)| *f == name && *l == path)
+        {
             continue;
         }
         if why.contains("input activation of this layer is not recorded") {
@@ -101,7 +104,11 @@ fn every_layer_alone_matches_keras_within_1e_4() {
         let (starved, bad) = starved(&name, &skipped);
         failures.extend(bad.into_iter().map(|b| format!("{name}: {b}")));
         let compared: Vec<String> = cmps.iter().map(|c| c.name.clone()).collect();
-        let covered: Vec<String> = compared.iter().cloned().chain(not_isolable(&name)).collect();
+        let covered: Vec<String> = compared
+            .iter()
+            .cloned()
+            .chain(not_isolable(&name))
+            .collect();
         failures.extend(common::coverage_failures(&name, &dir, &covered, &starved));
         checks += cmps.len();
         for c in &compared {
@@ -176,7 +183,11 @@ fn every_layer_alone_in_libtorch_matches_keras_within_1e_4() {
                 Err(e) => failures.push(format!("{name}: {}: {e}", l.key)),
             }
         }
-        let covered: Vec<String> = compared.iter().cloned().chain(not_isolable(&name)).collect();
+        let covered: Vec<String> = compared
+            .iter()
+            .cloned()
+            .chain(not_isolable(&name))
+            .collect();
         failures.extend(common::coverage_failures(&name, &dir, &covered, &starved));
         checks += compared.len();
         for c in &compared {

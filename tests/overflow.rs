@@ -7,8 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn hostile(name: &str) -> PathBuf {
     common::fixtures_dir().join("hostile").join(name)
@@ -16,31 +14,7 @@ fn hostile(name: &str) -> PathBuf {
 
 /// Run allconv with a deadline; returns (exit code, stderr).
 fn allconv(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_allconv"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("allconv runs");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status.code(), err);
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("allconv {args:?} hung for 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::allconv_with_deadline(args, 120)
 }
 
 /// A clean refusal: non-zero exit (not a signal), no panic, the file named, every phrase.

@@ -38,7 +38,11 @@ fn options(dir: &Path) -> (Graph, ReheadOptions) {
     let e = common::expect(dir);
     let r = &e["rehead"];
     let patch = r["patch"].as_str().expect("rehead.patch");
-    let top: Top = r["top"].as_str().expect("rehead.top").parse().expect("recipe");
+    let top: Top = r["top"]
+        .as_str()
+        .expect("rehead.top")
+        .parse()
+        .expect("recipe");
     let size = r["input_size"].as_array().expect("rehead.input_size");
     let (h, w) = (
         size[0].as_u64().unwrap() as usize,
@@ -134,22 +138,43 @@ fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() 
         let r = &e["rehead"];
         if let Some(frozen) = r["frozen_in_stage1"].as_array() {
             let want: Vec<&str> = frozen.iter().filter_map(Value::as_str).collect();
-            assert_eq!(report.frozen_in_stage1, want, "{name}: stage-1 frozen layers");
-            assert_eq!(report.top_layer_nb as u64, r["top_layer_nb"].as_u64().unwrap());
+            assert_eq!(
+                report.frozen_in_stage1, want,
+                "{name}: stage-1 frozen layers"
+            );
+            assert_eq!(
+                report.top_layer_nb as u64,
+                r["top_layer_nb"].as_u64().unwrap()
+            );
         }
         if let Some(m) = r["min_input_size"].as_object() {
             let side = |k: &str| m[k]["all_shapes_positive"].as_u64().map(|v| v as usize);
             let (want_h, want_w) = (side("height"), side("width"));
-            let e = rehead(&patch, &ReheadOptions { input_size: (1, 1), ..opts.clone() })
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let e = rehead(
+                &patch,
+                &ReheadOptions {
+                    input_size: (1, 1),
+                    ..opts.clone()
+                },
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
             let got = e
                 .rsplit("works is ")
                 .next()
                 .and_then(|s| s.split_once('x'))
-                .map(|(h, w)| (h.trim().parse::<usize>().ok(), w.trim().parse::<usize>().ok()));
-            assert_eq!(got, Some((want_h, want_w)), "{name}: smallest size vs Keras ({e})");
+                .map(|(h, w)| {
+                    (
+                        h.trim().parse::<usize>().ok(),
+                        w.trim().parse::<usize>().ok(),
+                    )
+                });
+            assert_eq!(
+                got,
+                Some((want_h, want_w)),
+                "{name}: smallest size vs Keras ({e})"
+            );
         }
         assert_eq!(
             ours.total_params() as u64,
@@ -161,7 +186,13 @@ fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() 
                 .iter()
                 .map(|l| {
                     let shape = l.output.map(|v| format!("{:?}", g.values[v].shape));
-                    (l.path.clone(), l.class.clone(), l.depth, shape, g.layer_params(&l.path))
+                    (
+                        l.path.clone(),
+                        l.class.clone(),
+                        l.depth,
+                        shape,
+                        g.layer_params(&l.path),
+                    )
                 })
                 .collect::<Vec<_>>()
         };
@@ -172,7 +203,10 @@ fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() 
             let src = &patch.params[&k[inner.len()..]];
             assert!(
                 t.shape == src.shape
-                    && t.data.iter().zip(&src.data).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    && t.data
+                        .iter()
+                        .zip(&src.data)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
                 "{name}: {k} changed"
             );
         }
@@ -271,7 +305,12 @@ fn full_recipes_match_keras_structure() {
         assert_eq!(top.len(), want.len(), "{name}: top-level layer count");
         for (l, r) in top.iter().zip(&want) {
             assert_eq!(l.path, r["path"].as_str().unwrap(), "{name}: order");
-            assert_eq!(l.class, r["class_name"].as_str().unwrap(), "{name}: {}", l.path);
+            assert_eq!(
+                l.class,
+                r["class_name"].as_str().unwrap(),
+                "{name}: {}",
+                l.path
+            );
             assert_eq!(
                 ours.layer_params(&l.path) as u64,
                 r["params"].as_u64().unwrap(),
@@ -321,8 +360,15 @@ fn seed_reproduces_and_inner_network_is_untouched() {
     let fan_in: usize = conv.shape[..3].iter().product();
     let sd = (2.0 / fan_in as f64).sqrt();
     let var = conv.data.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / conv.len() as f64;
-    assert!(conv.data.iter().all(|&x| (x as f64).abs() <= 2.0 * sd + 1e-6));
-    assert!((var.sqrt() / sd - 0.88).abs() < 0.1, "{} vs {sd}", var.sqrt());
+    assert!(conv
+        .data
+        .iter()
+        .all(|&x| (x as f64).abs() <= 2.0 * sd + 1e-6));
+    assert!(
+        (var.sqrt() / sd - 0.88).abs() < 0.1,
+        "{} vs {sd}",
+        var.sqrt()
+    );
 }
 
 #[test]
@@ -335,11 +381,16 @@ fn refusals_name_the_layer_and_the_smallest_size() {
         .unwrap()
     };
     let yaroslav = read("k208_yaroslav_patch");
-    let top: Top = "heatmap:avg=7,stride=1,pool=5,fc=16-8,shortcut".parse().unwrap();
+    let top: Top = "heatmap:avg=7,stride=1,pool=5,fc=16-8,shortcut"
+        .parse()
+        .unwrap();
     let e = rehead(&yaroslav, &ReheadOptions::new(top.clone(), (300, 200)))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("too small") && e.contains("smallest size that works is"), "{e}");
+    assert!(
+        e.contains("too small") && e.contains("smallest size that works is"),
+        "{e}"
+    );
     // The smallest size it names works, and one pixel less does not.
     let smallest = e.rsplit("works is ").next().unwrap();
     let (h, w) = smallest.split_once('x').unwrap();
@@ -352,24 +403,39 @@ fn refusals_name_the_layer_and_the_smallest_size() {
     let mut o = ReheadOptions::new("vgg:8x1".parse().unwrap(), (64, 64));
     o.cut = Some(vgg.layers.last().unwrap().path.clone());
     let e = rehead(&vgg, &o).unwrap_err().to_string();
-    assert!(e.contains("not fully convolutional") && e.contains("GlobalAveragePooling2D"), "{e}");
+    assert!(
+        e.contains("not fully convolutional") && e.contains("GlobalAveragePooling2D"),
+        "{e}"
+    );
     // A user's own cut: any layer up to which the network is fully convolutional.
     let mut own = ReheadOptions::new("vgg:8x1".parse().unwrap(), (97, 131));
     own.cut = Some("block4_pool".into());
     let (g, r) = rehead(&vgg, &own).expect("explicit cut");
-    assert_eq!((r.cut.as_str(), r.cut_rule.as_str()), ("block4_pool", "--cut"));
-    assert!(!g.layers.iter().any(|l| l.path.ends_with("block5_conv1")), "cut after block4_pool");
+    assert_eq!(
+        (r.cut.as_str(), r.cut_rule.as_str()),
+        ("block4_pool", "--cut")
+    );
+    assert!(
+        !g.layers.iter().any(|l| l.path.ends_with("block5_conv1")),
+        "cut after block4_pool"
+    );
     o.cut = Some("no_such_layer".into());
-    assert!(rehead(&vgg, &o).unwrap_err().to_string().contains("no_such_layer"));
+    assert!(rehead(&vgg, &o)
+        .unwrap_err()
+        .to_string()
+        .contains("no_such_layer"));
     // A tf.keras patch model is not a Keras 2.0.8 one.
     let tfk = read_model(
         &common::fixtures_dir().join("tfk_functional/model.h5"),
         &ReadOptions::default(),
     )
     .unwrap();
-    let e = rehead(&tfk, &ReheadOptions::new("vgg:8x1".parse().unwrap(), (64, 64)))
-        .unwrap_err()
-        .to_string();
+    let e = rehead(
+        &tfk,
+        &ReheadOptions::new("vgg:8x1".parse().unwrap(), (64, 64)),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("Keras 2.0-2.1"), "{e}");
 }
 
@@ -427,14 +493,21 @@ fn heatmap_is_the_patch_classifier_per_window() {
             }
         }
     }
-    println!("heatmap vs the patch head per window: worst {worst:.2e} over {} positions", n * mh * mw);
+    println!(
+        "heatmap vs the patch head per window: worst {worst:.2e} over {} positions",
+        n * mh * mw
+    );
     assert!(worst <= 1e-4, "{worst}");
     // Image crops: approximate, as measured with genuine Keras.
-    let mut z = ndarray_npy::NpzReader::new(std::fs::File::open(dir.join("crops.npz")).unwrap())
-        .unwrap();
+    let mut z =
+        ndarray_npy::NpzReader::new(std::fs::File::open(dir.join("crops.npz")).unwrap()).unwrap();
     let mut get = |k: &str| -> ndarray::ArrayD<f32> { z.by_name(k).unwrap() };
     let (p, h) = (get("logits"), get("heatmap_logits"));
-    let diff = p.iter().zip(h.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let diff = p
+        .iter()
+        .zip(h.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     println!(
         "image crops ({} genuine 448 px crops): patch logits vs heatmap logits differ by up to {diff:.2}",
         p.shape()[0]
@@ -459,7 +532,11 @@ fn rehead_h5_opens_in_genuine_keras() {
     let tmp = std::env::temp_dir().join(format!("allconv-rehead-h5-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let mut failures = Vec::new();
-    for case in ["rehead_vgg16_heatmap_vgg", "rehead_yaroslav_heatmap", "rehead_vgg19_resnet"] {
+    for case in [
+        "rehead_vgg16_heatmap_vgg",
+        "rehead_yaroslav_heatmap",
+        "rehead_vgg19_resnet",
+    ] {
         let dir = common::fixtures_dir().join(case);
         let (patch, opts) = options(&dir);
         let (mut ours, report) = rehead(&patch, &opts).unwrap();
@@ -481,8 +558,16 @@ fn rehead_h5_opens_in_genuine_keras() {
                 .output()
                 .expect("python runs");
             let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-            let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}").to_string();
-            (serde_json::from_str::<Value>(&line).unwrap_or(Value::Null), String::from_utf8_lossy(&o.stderr).to_string())
+            let line = stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .unwrap_or("{}")
+                .to_string();
+            (
+                serde_json::from_str::<Value>(&line).unwrap_or(Value::Null),
+                String::from_utf8_lossy(&o.stderr).to_string(),
+            )
         };
         let (v, err) = run(&tf, &[]);
         println!("{case}: tf-keras on our .h5: {v}");
@@ -498,9 +583,17 @@ fn rehead_h5_opens_in_genuine_keras() {
             .collect();
         let names: Vec<String> = v["layer_names"]
             .as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
-        println!("{case}: Keras 2.0.8 loads our .h5: {} layers, {} params", names.len(), v["params"]);
+        println!(
+            "{case}: Keras 2.0.8 loads our .h5: {} layers, {} params",
+            names.len(),
+            v["params"]
+        );
         if v["passed"] != Value::Bool(true)
             || names != want_names
             || v["params"].as_u64() != Some(genuine.total_params() as u64)

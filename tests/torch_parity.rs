@@ -108,7 +108,11 @@ fn torch_matches_keras() {
                 r.to_text()
             ));
         }
-        for (k, why) in r.skipped_layers.iter().filter(|(_, why)| why != "a graph input") {
+        for (k, why) in r
+            .skipped_layers
+            .iter()
+            .filter(|(_, why)| why != "a graph input")
+        {
             failures.push(format!("{name}: layer {k} not compared: {why}"));
         }
         let compared: Vec<String> = r.layers.iter().map(|c| c.name.clone()).collect();
@@ -185,7 +189,8 @@ fn torch_matches_tract() {
             let g = read_model(&model, &opts)?;
             let refs = read_npz(&dir.join("io.npz"))?;
             let exact = float64_reference(&g, &refs, &dir.join("io.npz"))?;
-            let node_atol = 2.0 * common::runtime_bound(common::keras_float32_error(&refs, &exact).0);
+            let node_atol =
+                2.0 * common::runtime_bound(common::keras_float32_error(&refs, &exact).0);
             let inputs = reference_inputs(&refs, g.inputs.len(), &dir.join("io.npz"))?;
             let input = &inputs[0];
             let shapes: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape.clone()).collect();
@@ -268,7 +273,10 @@ fn torch_matches_tract() {
             Err(e) => failures.push(format!("{name} [tch vs tract]: {e}")),
         }
     }
-    eprintln!("tch vs tract: {nodes_compared} nodes over {} fixtures", dirs.len());
+    eprintln!(
+        "tch vs tract: {nodes_compared} nodes over {} fixtures",
+        dirs.len()
+    );
     assert!(
         failures.is_empty(),
         "{} failure(s) over {} fixtures:\n{}",
@@ -318,7 +326,12 @@ fn torch_cuda_matches_float64_graph() {
         "no CUDA device visible to libtorch (libtorch_cuda.so not found, or no GPU)"
     );
     let mut failures = Vec::new();
-    for case in ["k208_conv", "k208_resnet50_patch", "k208_vgg16_patch", "tfk_resnet50_whole"] {
+    for case in [
+        "k208_conv",
+        "k208_resnet50_patch",
+        "k208_vgg16_patch",
+        "tfk_resnet50_whole",
+    ] {
         let dir = common::fixtures_dir().join(case);
         let (model, opts) = common::read_options(&dir);
         let g = read_model(&model, &opts).expect("reads");

@@ -89,7 +89,10 @@ fn run_all(fold_bn: bool) {
         covered.extend(folded);
         failures.extend(common::coverage_failures(&name, dir, &covered, &[]));
     }
-    println!("{layer_checks} end-to-end layer checks over {} fixtures", dirs.len());
+    println!(
+        "{layer_checks} end-to-end layer checks over {} fixtures",
+        dirs.len()
+    );
     assert!(
         failures.is_empty(),
         "{} failure(s) over {} fixtures:\n{}",

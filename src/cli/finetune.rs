@@ -236,9 +236,15 @@ impl FinetuneArgs {
 
     /// The model: a whole-image `.h5` (positional or --resume-from), or a patch
     /// classifier re-headed with the paper's --block-type/--top-* flags.
-    fn model(&self, positional: Option<PathBuf>) -> allconv::Result<(Graph, Option<usize>, String)> {
+    fn model(
+        &self,
+        positional: Option<PathBuf>,
+    ) -> allconv::Result<(Graph, Option<usize>, String)> {
         let whole = positional.or(self.resume_from.clone().filter(|_| !self.no_resume_from));
-        let patch = self.patch_model_state.clone().filter(|_| !self.no_patch_model_state);
+        let patch = self
+            .patch_model_state
+            .clone()
+            .filter(|_| !self.no_patch_model_state);
         match (whole, patch) {
             (Some(_), Some(_)) => Err(other("give either a whole-image model (MODEL.h5 / --resume-from) or --patch-model-state, not both")),
             (None, None) => Err(other("no model: give MODEL.h5, --resume-from WHOLE.h5 or --patch-model-state PATCH.h5")),
@@ -313,7 +319,10 @@ fn write_model(g: &Graph, out: &Path, size: (usize, usize)) -> allconv::Result<V
 fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
     let refused = a.unimplemented();
     if !refused.is_empty() {
-        return Err(other(format!("not implemented, refused rather than ignored: {}", refused.join(", "))));
+        return Err(other(format!(
+            "not implemented, refused rather than ignored: {}",
+            refused.join(", ")
+        )));
     }
     if a.img_size.len() != 2 {
         return Err(other("--img-size takes H W"));
@@ -328,8 +337,17 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
         .and_then(|d| d.known())
         .ok_or_else(|| other("the model's input channel count is unknown"))?;
     // The model must take the training size: a declared size is freed if it differs.
-    let declared: Vec<Option<usize>> = graph.inputs[0].shape.iter().take(2).map(|d| d.known()).collect();
-    if declared.iter().zip([size.0, size.1]).any(|(d, s)| d.is_some_and(|d| d != s)) {
+    let declared: Vec<Option<usize>> = graph.inputs[0]
+        .shape
+        .iter()
+        .take(2)
+        .map(|d| d.known())
+        .collect();
+    if declared
+        .iter()
+        .zip([size.0, size.1])
+        .any(|(d, s)| d.is_some_and(|d| d != s))
+    {
         return Err(other(format!(
             "the model declares input {:?} and --img-size is {}x{}: re-head it at that size or pass the size it declares",
             declared, size.0, size.1
@@ -339,7 +357,10 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
     let pre = Preprocess {
         target: Some(size),
         target_scale: None,
-        rescale: a.rescale_factor.filter(|_| !a.no_rescale_factor).unwrap_or(1.0),
+        rescale: a
+            .rescale_factor
+            .filter(|_| !a.no_rescale_factor)
+            .unwrap_or(1.0),
         mean: if featurewise { a.featurewise_mean } else { 0.0 },
         channels,
     };
@@ -369,7 +390,10 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
             if !allconv::torch::load_cuda() {
                 return Err(other("--device cuda: no CUDA device visible to libtorch"));
             }
-            let i = d.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0);
+            let i = d
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             tch::Device::Cuda(i)
         }
         d => return Err(other(format!("--device {d}: cpu or cuda[:N]"))),
@@ -390,9 +414,15 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
         .or_else(|| a.best_model.clone())
         .unwrap_or_else(|| PathBuf::from("modelState/image_clf.h5"));
     let run_dir = out.with_extension("run");
-    for p in [Some(&out), a.log.as_ref(), a.best_model.as_ref()].into_iter().flatten() {
+    for p in [Some(&out), a.log.as_ref(), a.best_model.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(d).map_err(|e| Error::Io { file: d.to_path_buf(), message: e.to_string() })?;
+            std::fs::create_dir_all(d).map_err(|e| Error::Io {
+                file: d.to_path_buf(),
+                message: e.to_string(),
+            })?;
         }
     }
     if a.hidden_dropout2 != a.hidden_dropout || a.weight_decay2 != a.weight_decay {
@@ -429,7 +459,10 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
                 .create(true)
                 .append(true)
                 .open(p)
-                .map_err(|e| Error::Io { file: p.clone(), message: e.to_string() })?,
+                .map_err(|e| Error::Io {
+                    file: p.clone(),
+                    message: e.to_string(),
+                })?,
         ),
         None => None,
     };
@@ -464,20 +497,27 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
     // Validation and test ROC curves, test AUROC with and without 4-flip TTA (best model).
     let best_model = allconv::train::TrainModel::new(&result.best, device, opts.flavour)?;
     let v = predict(&best_model, &val, opts.eval_batch, false)?;
-    let roc = |p: &allconv::train::fit::Predictions, name: &str| -> allconv::Result<Option<String>> {
-        let n = p.probs.first().map(Vec::len).unwrap_or(0);
-        let scores: Vec<f32> = p.probs.iter().map(|x| *x.last().unwrap_or(&0.0)).collect();
-        let pos: Vec<bool> = p.labels.iter().map(|&l| l + 1 == n).collect();
-        if allconv::data::roc::auroc(&scores, &pos).is_err() {
-            return Ok(None);
-        }
-        let path = out.with_file_name(format!(
-            "{}_{name}_roc.png",
-            out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
-        ));
-        allconv::data::roc::write_roc_png(&allconv::data::roc::roc_curve(&scores, &pos), &path, 256)?;
-        Ok(Some(path.display().to_string()))
-    };
+    let roc =
+        |p: &allconv::train::fit::Predictions, name: &str| -> allconv::Result<Option<String>> {
+            let n = p.probs.first().map(Vec::len).unwrap_or(0);
+            let scores: Vec<f32> = p.probs.iter().map(|x| *x.last().unwrap_or(&0.0)).collect();
+            let pos: Vec<bool> = p.labels.iter().map(|&l| l + 1 == n).collect();
+            if allconv::data::roc::auroc(&scores, &pos).is_err() {
+                return Ok(None);
+            }
+            let path = out.with_file_name(format!(
+                "{}_{name}_roc.png",
+                out.file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default()
+            ));
+            allconv::data::roc::write_roc_png(
+                &allconv::data::roc::roc_curve(&scores, &pos),
+                &path,
+                256,
+            )?;
+            Ok(Some(path.display().to_string()))
+        };
     outputs.extend(roc(&v, "val")?);
     let (mut test_auroc, mut test_auroc_tta) = (None, None);
     if let Some(t) = &test {

@@ -132,7 +132,10 @@ impl FromStr for Top {
     type Err = Error;
     fn from_str(spec: &str) -> Result<Top> {
         let s = spec.trim();
-        let Some(rest) = s.strip_prefix("heatmap:").or(s.strip_prefix("heatmap").filter(|r| r.is_empty())) else {
+        let Some(rest) = s
+            .strip_prefix("heatmap:")
+            .or(s.strip_prefix("heatmap").filter(|r| r.is_empty()))
+        else {
             return parse_conv_top(spec, s);
         };
         let (head, conv) = match rest.split_once('+') {
@@ -161,7 +164,11 @@ impl FromStr for Top {
                         if w[1] != w[0] / 2 {
                             return Err(recipe_err(
                                 spec,
-                                format!("fc={v}: add_top_layers halves the units each layer ({} -> {})", w[0], w[0] / 2),
+                                format!(
+                                    "fc={v}: add_top_layers halves the units each layer ({} -> {})",
+                                    w[0],
+                                    w[0] / 2
+                                ),
                             ));
                         }
                     }
@@ -213,7 +220,11 @@ impl Top {
                 match after {
                     AfterHeatmap::Fc { units, shortcut } => format!(
                         "{head},fc={}{}",
-                        units.iter().map(|u| u.to_string()).collect::<Vec<_>>().join("-"),
+                        units
+                            .iter()
+                            .map(|u| u.to_string())
+                            .collect::<Vec<_>>()
+                            .join("-"),
                         if *shortcut { ",shortcut" } else { "" }
                     ),
                     AfterHeatmap::Conv(c) => format!("{head}+{}", c.to_spec()),
@@ -373,7 +384,11 @@ fn keras_order(layers: &[KLayer], outputs: &[String]) -> Vec<usize> {
         }
     }
     let mut order: Vec<usize> = post.clone();
-    order.sort_by(|a, b| depth[b].cmp(&depth[a]).then(walk_index[a].cmp(&walk_index[b])));
+    order.sort_by(|a, b| {
+        depth[b]
+            .cmp(&depth[a])
+            .then(walk_index[a].cmp(&walk_index[b]))
+    });
     order
 }
 
@@ -442,13 +457,25 @@ impl TopBuilder<'_> {
 
     fn init(kind: &str) -> Value {
         match kind {
-            KERNEL_HE_NORMAL => json!({"class_name": "VarianceScaling", "config": {"scale": 2.0, "mode": "fan_in", "distribution": "normal", "seed": null}}),
+            KERNEL_HE_NORMAL => {
+                json!({"class_name": "VarianceScaling", "config": {"scale": 2.0, "mode": "fan_in", "distribution": "normal", "seed": null}})
+            }
             // glorot_uniform, Keras's Dense default.
-            _ => json!({"class_name": "VarianceScaling", "config": {"scale": 1.0, "mode": "fan_avg", "distribution": "uniform", "seed": null}}),
+            _ => {
+                json!({"class_name": "VarianceScaling", "config": {"scale": 1.0, "mode": "fan_avg", "distribution": "uniform", "seed": null}})
+            }
         }
     }
 
-    fn push(&mut self, name: String, class: &str, config: Value, input: &str, node: usize, channels: usize) -> String {
+    fn push(
+        &mut self,
+        name: String,
+        class: &str,
+        config: Value,
+        input: &str,
+        node: usize,
+        channels: usize,
+    ) -> String {
         self.channels.insert(name.clone(), channels);
         self.layers.push(KLayer {
             name: name.clone(),
@@ -463,11 +490,20 @@ impl TopBuilder<'_> {
     fn he_normal(&mut self, shape: Vec<usize>) -> Result<Tensor> {
         let fan_in: usize = shape[..shape.len() - 1].iter().product();
         let n = shape.iter().product();
-        let data = self.rng.truncated_normal(n, (2.0 / fan_in.max(1) as f64).sqrt());
+        let data = self
+            .rng
+            .truncated_normal(n, (2.0 / fan_in.max(1) as f64).sqrt());
         Tensor::new(shape, data)
     }
 
-    fn conv(&mut self, x: (&str, usize), filters: usize, k: usize, strides: usize, padding: &str) -> Result<String> {
+    fn conv(
+        &mut self,
+        x: (&str, usize),
+        filters: usize,
+        k: usize,
+        strides: usize,
+        padding: &str,
+    ) -> Result<String> {
         let name = self.names.next("conv2d");
         let cin = self.channels[x.0];
         let config = json!({
@@ -481,7 +517,10 @@ impl TopBuilder<'_> {
         });
         let kernel = self.he_normal(vec![k, k, cin, filters])?;
         self.params.insert(format!("{name}.kernel"), kernel);
-        self.params.insert(format!("{name}.bias"), Tensor::new(vec![filters], vec![0.0; filters])?);
+        self.params.insert(
+            format!("{name}.bias"),
+            Tensor::new(vec![filters], vec![0.0; filters])?,
+        );
         Ok(self.push(name, "Conv2D", config, x.0, x.1, filters))
     }
 
@@ -500,8 +539,14 @@ impl TopBuilder<'_> {
             "beta_regularizer": null, "gamma_regularizer": null,
             "beta_constraint": null, "gamma_constraint": null,
         });
-        for (slot, v) in [("gamma", 1.0), ("beta", 0.0), ("moving_mean", 0.0), ("moving_variance", 1.0)] {
-            self.params.insert(format!("{name}.{slot}"), Tensor::new(vec![c], vec![v; c])?);
+        for (slot, v) in [
+            ("gamma", 1.0),
+            ("beta", 0.0),
+            ("moving_mean", 0.0),
+            ("moving_variance", 1.0),
+        ] {
+            self.params
+                .insert(format!("{name}.{slot}"), Tensor::new(vec![c], vec![v; c])?);
         }
         Ok(self.push(name, "BatchNormalization", config, x, 0, c))
     }
@@ -520,8 +565,18 @@ impl TopBuilder<'_> {
         self.push(name, "Dropout", config, x, 0, c)
     }
 
-    fn pool(&mut self, x: (&str, usize), class: &'static str, pool: usize, strides: usize) -> String {
-        let prefix = if class == "MaxPooling2D" { "max_pooling2d" } else { "average_pooling2d" };
+    fn pool(
+        &mut self,
+        x: (&str, usize),
+        class: &'static str,
+        pool: usize,
+        strides: usize,
+    ) -> String {
+        let prefix = if class == "MaxPooling2D" {
+            "max_pooling2d"
+        } else {
+            "average_pooling2d"
+        };
         let name = self.names.next(prefix);
         let c = self.channels[x.0];
         let config = json!({
@@ -545,7 +600,14 @@ impl TopBuilder<'_> {
     }
 
     /// A Dense; `weights`: given (kernel, bias) instead of he_normal + zeros.
-    fn dense(&mut self, x: &str, units: usize, activation: &str, init: &str, weights: Option<(Tensor, Tensor)>) -> Result<String> {
+    fn dense(
+        &mut self,
+        x: &str,
+        units: usize,
+        activation: &str,
+        init: &str,
+        weights: Option<(Tensor, Tensor)>,
+    ) -> Result<String> {
         let name = self.names.next("dense");
         let cin = self.channels[x];
         let config = json!({
@@ -557,7 +619,10 @@ impl TopBuilder<'_> {
         });
         let (kernel, bias) = match weights {
             Some(w) => w,
-            None => (self.he_normal(vec![cin, units])?, Tensor::new(vec![units], vec![0.0; units])?),
+            None => (
+                self.he_normal(vec![cin, units])?,
+                Tensor::new(vec![units], vec![0.0; units])?,
+            ),
         };
         self.params.insert(format!("{name}.kernel"), kernel);
         self.params.insert(format!("{name}.bias"), bias);
@@ -581,7 +646,14 @@ impl TopBuilder<'_> {
     /// `bottleneck_org`: conv1x1(strides)-BN-relu-Dropout, conv3x3-BN-relu-Dropout,
     /// conv1x1(depth*enlarge)-BN; projection shortcut conv1x1(strides, valid)-BN on unit 0;
     /// add, relu, Dropout.
-    fn bottleneck(&mut self, x: (&str, usize), depth: usize, strides: usize, identity: bool, enlarge: usize) -> Result<String> {
+    fn bottleneck(
+        &mut self,
+        x: (&str, usize),
+        depth: usize,
+        strides: usize,
+        identity: bool,
+        enlarge: usize,
+    ) -> Result<String> {
         let c1 = self.conv(x, depth, 1, strides, "same")?;
         let b1 = self.bn(&c1, 3)?;
         let a1 = self.activation(&b1, "relu");
@@ -611,7 +683,8 @@ impl TopBuilder<'_> {
                 for s in stages {
                     for i in 0..s.repetitions {
                         let (strides, identity) = if i == 0 { (2, false) } else { (1, true) };
-                        let o = self.bottleneck((&cur.0, cur.1), s.depth, strides, identity, *enlarge)?;
+                        let o =
+                            self.bottleneck((&cur.0, cur.1), s.depth, strides, identity, *enlarge)?;
                         cur = (o, 0);
                     }
                 }
@@ -679,7 +752,10 @@ impl<'a> SizeProbe<'a> {
         g.infer_shapes(Some(&[h, w]))
             .map_err(|e| format!("the patch network itself fails: {e}"))?;
         let s = &g.values[self.cut].shape;
-        match (s.first().and_then(Dim::known), s.get(1).and_then(Dim::known)) {
+        match (
+            s.first().and_then(Dim::known),
+            s.get(1).and_then(Dim::known),
+        ) {
             (Some(a), Some(b)) if a > 0 && b > 0 => Ok((a, b)),
             _ => Err(format!("the cut output is {s:?}")),
         }
@@ -695,7 +771,10 @@ impl<'a> SizeProbe<'a> {
     }
 
     /// The pooled heatmap's size for heatmap recipes (`None` otherwise).
-    fn top_sizes(top: &Top, (mut a, mut b): (usize, usize)) -> std::result::Result<Option<(usize, usize)>, String> {
+    fn top_sizes(
+        top: &Top,
+        (mut a, mut b): (usize, usize),
+    ) -> std::result::Result<Option<(usize, usize)>, String> {
         match top {
             Top::Resnet { .. } => Ok(None),
             Top::Vgg { blocks } => {
@@ -706,7 +785,12 @@ impl<'a> SizeProbe<'a> {
                 }
                 Ok(None)
             }
-            Top::Heatmap { avg, stride, pool, after } => {
+            Top::Heatmap {
+                avg,
+                stride,
+                pool,
+                after,
+            } => {
                 a = Self::window(a, *avg, *stride, "the heatmap's average pooling")?;
                 b = Self::window(b, *avg, *stride, "the heatmap's average pooling")?;
                 a = Self::window(a, *pool, *pool, "the heatmap's max pooling")?;
@@ -751,7 +835,10 @@ impl<'a> SizeProbe<'a> {
 
 /// The patch classifier's final Dense (the heatmap Dense copies it) and its input layer.
 fn classifier_dense(g: &Graph) -> Result<&Node> {
-    let out = *g.outputs.first().ok_or_else(|| Error::Other("the patch model has no output".into()))?;
+    let out = *g
+        .outputs
+        .first()
+        .ok_or_else(|| Error::Other("the patch model has no output".into()))?;
     let Producer::Node(i) = g.values[out].producer else {
         return Err(Error::Other("the patch model's output is its input".into()));
     };
@@ -783,10 +870,16 @@ fn default_cut(patch: &Graph, names: &[String]) -> Result<(String, String)> {
             .find(|n| n.layer == "avg_pool")
             .ok_or_else(|| Error::Other("avg_pool has no node".into()))?;
         if let Producer::Node(i) = patch.values[node.inputs[0]].producer {
-            return Ok((patch.nodes[i].layer.clone(), "ResNet50: the layer before avg_pool".into()));
+            return Ok((
+                patch.nodes[i].layer.clone(),
+                "ResNet50: the layer before avg_pool".into(),
+            ));
         }
     }
-    for (layer, rule) in [("block6_pool", "YaroslavNet: block6_pool"), ("block5_pool", "VGG16/19: block5_pool")] {
+    for (layer, rule) in [
+        ("block6_pool", "YaroslavNet: block6_pool"),
+        ("block5_pool", "VGG16/19: block5_pool"),
+    ] {
         if has(layer) {
             return Ok((layer.into(), rule.into()));
         }
@@ -810,7 +903,10 @@ fn inbound_of(entry: &Value) -> Vec<(String, usize)> {
             refs.iter()
                 .filter_map(|r| {
                     let a = r.as_array()?;
-                    Some((a.first()?.as_str()?.to_string(), a.get(1)?.as_u64()? as usize))
+                    Some((
+                        a.first()?.as_str()?.to_string(),
+                        a.get(1)?.as_u64()? as usize,
+                    ))
                 })
                 .collect()
         })
@@ -822,7 +918,9 @@ fn inbound_of(entry: &Value) -> Vec<(String, usize)> {
 pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, ReheadReport)> {
     let (h, w) = opts.input_size;
     if h == 0 || w == 0 || opts.classes == 0 {
-        return Err(Error::Other("input size and classes must be positive".into()));
+        return Err(Error::Other(
+            "input size and classes must be positive".into(),
+        ));
     }
     if !(0.0..1.0).contains(&opts.dropout) || !(opts.weight_decay >= 0.0) {
         return Err(Error::Other(format!(
@@ -831,7 +929,10 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
         )));
     }
     let text = patch.source.model_config.as_deref().ok_or_else(|| {
-        Error::Other(format!("{}: the graph carries no Keras model_config", patch.source.file))
+        Error::Other(format!(
+            "{}: the graph carries no Keras model_config",
+            patch.source.file
+        ))
     })?;
     let cfg: Value = serde_json::from_str(text)
         .map_err(|e| Error::Other(format!("{}: model_config: {e}", patch.source.file)))?;
@@ -844,10 +945,13 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
             if version.is_empty() { "of unknown version" } else { version }
         )));
     }
-    let entries = config_layers(&cfg)
-        .ok_or_else(|| Error::Other(format!("{}: model_config has no layers", patch.source.file)))?;
+    let entries = config_layers(&cfg).ok_or_else(|| {
+        Error::Other(format!("{}: model_config has no layers", patch.source.file))
+    })?;
     if patch.inputs.len() != 1 || patch.inputs[0].shape.len() != 3 {
-        return Err(Error::Other("re-heading needs a single image input (H, W, C)".into()));
+        return Err(Error::Other(
+            "re-heading needs a single image input (H, W, C)".into(),
+        ));
     }
     if patch.inputs[0].data_format != DataFormat::ChannelsLast {
         return Err(Error::Other("re-heading builds channels_last models, as the paper's code does; this patch model is channels_first".into()));
@@ -856,8 +960,13 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
         .iter()
         .filter_map(|e| e.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
-    if entries.iter().any(|e| e.get("config").and_then(|c| c.get("layers")).is_some()) {
-        return Err(Error::Other("the patch model nests another model; re-heading takes a flat patch classifier".into()));
+    if entries
+        .iter()
+        .any(|e| e.get("config").and_then(|c| c.get("layers")).is_some())
+    {
+        return Err(Error::Other(
+            "the patch model nests another model; re-heading takes a flat patch classifier".into(),
+        ));
     }
     let (cut, cut_rule) = match &opts.cut {
         Some(c) if names.contains(c) => (c.clone(), "--cut".to_string()),
@@ -889,7 +998,10 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
     for n in patch.nodes.iter().filter(|n| keep.contains(&n.layer)) {
         let flat = match &n.op {
             Op::Flatten | Op::Reshape { .. } | Op::GlobalPool(_) | Op::RepeatVector { .. } => true,
-            Op::Dense(_) => n.inputs.first().is_some_and(|&v| patch.values[v].shape.len() < 3),
+            Op::Dense(_) => n
+                .inputs
+                .first()
+                .is_some_and(|&v| patch.values[v].shape.len() < 3),
             _ => false,
         };
         if flat {
@@ -936,10 +1048,18 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
     // The inner model: the kept layers, in Keras's order for Model(patch.inputs, cut).
     let inner_layers: Vec<KLayer> = entries
         .iter()
-        .filter(|e| e.get("name").and_then(Value::as_str).is_some_and(|n| keep.contains(n)))
+        .filter(|e| {
+            e.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| keep.contains(n))
+        })
         .map(|e| KLayer {
             name: e["name"].as_str().unwrap_or_default().to_string(),
-            class: e.get("class_name").and_then(Value::as_str).unwrap_or_default().to_string(),
+            class: e
+                .get("class_name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             config: e.get("config").cloned().unwrap_or(Value::Null),
             inbound: inbound_of(e),
             nested: None,
@@ -1002,7 +1122,12 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
             let x = b.conv_top(&opts.top, (&block.0, block.1))?;
             final_dense = vec![b.dense(&x, opts.classes, "softmax", KERNEL_HE_NORMAL, None)?];
         }
-        Top::Heatmap { avg, stride, pool, after } => {
+        Top::Heatmap {
+            avg,
+            stride,
+            pool,
+            after,
+        } => {
             top_layer_nb = 8;
             let clf = classifier_dense(patch)?;
             let kernel = patch.params.get(&clf.param_key("kernel")).cloned();
@@ -1026,7 +1151,8 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
             match after {
                 AfterHeatmap::Conv(top) => {
                     let x = b.conv_top(top, (&m, 0))?;
-                    final_dense = vec![b.dense(&x, opts.classes, "softmax", KERNEL_HE_NORMAL, None)?];
+                    final_dense =
+                        vec![b.dense(&x, opts.classes, "softmax", KERNEL_HE_NORMAL, None)?];
                 }
                 AfterHeatmap::Fc { units, shortcut } => {
                     let (mh, mw) = map;
@@ -1045,7 +1171,8 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
                         b.activation(&s, "softmax");
                         final_dense = vec![d1, d2];
                     } else {
-                        final_dense = vec![b.dense(&x, opts.classes, "softmax", KERNEL_HE_NORMAL, None)?];
+                        final_dense =
+                            vec![b.dense(&x, opts.classes, "softmax", KERNEL_HE_NORMAL, None)?];
                     }
                 }
             }
@@ -1131,7 +1258,10 @@ mod tests {
     #[test]
     fn recipes_parse_and_print_back() {
         for (spec, back) in [
-            ("resnet:512x1,512x1:enlarge=2", "resnet:512x1,512x1:enlarge=2"),
+            (
+                "resnet:512x1,512x1:enlarge=2",
+                "resnet:512x1,512x1:enlarge=2",
+            ),
             ("resnet:512x3", "resnet:512x3:enlarge=4"),
             ("vgg:512x1", "vgg:512x1"),
             (

@@ -460,14 +460,8 @@ impl TorchModel {
         Ok(out)
     }
 
-    /// A tensor laid out like weight `{layer}.{slot}` in the VarStore (an optimizer's
-    /// moment of it, say) in Keras layout.
-    pub fn keras_layout_of(
-        &self,
-        layer: &str,
-        slot: &str,
-        t: &Tensor,
-    ) -> Result<crate::ir::Tensor> {
+    /// The node that owns weight `{layer}.{slot}` and the weight's Keras shape.
+    fn weight_node(&self, layer: &str, slot: &str) -> Result<(&crate::ir::Node, &Vec<usize>)> {
         let key = format!("{layer}.{slot}");
         let n = self
             .graph
@@ -481,6 +475,18 @@ impl TorchModel {
             .get(&key)
             .ok_or_else(|| Error::graph(format!("no parameter {key}")))?
             .shape;
+        Ok((n, shape))
+    }
+
+    /// A tensor laid out like weight `{layer}.{slot}` in the VarStore (an optimizer's
+    /// moment of it, say) in Keras layout.
+    pub fn keras_layout_of(
+        &self,
+        layer: &str,
+        slot: &str,
+        t: &Tensor,
+    ) -> Result<crate::ir::Tensor> {
+        let (n, shape) = self.weight_node(layer, slot)?;
         let h = to_host(t)?;
         let t = crate::ir::Tensor::new(h.shape, h.data)?;
         ops::from_torch_layout(&n.op, slot, &t, shape)
@@ -495,18 +501,7 @@ impl TorchModel {
         value: &crate::ir::Tensor,
     ) -> Result<()> {
         let key = format!("{layer}.{slot}");
-        let n = self
-            .graph
-            .nodes
-            .iter()
-            .find(|n| n.layer == layer && n.op.weight_slots().contains(&slot))
-            .ok_or_else(|| Error::graph(format!("no weight {key} in the graph")))?;
-        let want = &self
-            .graph
-            .params
-            .get(&key)
-            .ok_or_else(|| Error::graph(format!("no parameter {key}")))?
-            .shape;
+        let (n, want) = self.weight_node(layer, slot)?;
         if &value.shape != want {
             return Err(Error::graph(format!(
                 "{key}: shape {:?}, the model's is {want:?}",

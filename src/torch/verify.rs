@@ -232,7 +232,12 @@ pub fn float64_reference(
         values
             .get(v)
             .and_then(Option::as_ref)
-            .map(|t| to_host(t).map(|h| Array { shape: h.shape, data: h.data }))
+            .map(|t| {
+                to_host(t).map(|h| Array {
+                    shape: h.shape,
+                    data: h.data,
+                })
+            })
             .transpose()
     };
     let mut out: BTreeMap<String, Array> = refs
@@ -251,7 +256,11 @@ pub fn float64_reference(
     );
     for key in refs.keys().filter(|k| k.starts_with("layer/")) {
         let path = &key["layer/".len()..];
-        let v = g.layers.iter().find(|l| l.path == path).and_then(|l| l.output);
+        let v = g
+            .layers
+            .iter()
+            .find(|l| l.path == path)
+            .and_then(|l| l.output);
         if let Some(a) = v.map(host).transpose()?.flatten() {
             out.insert(key.clone(), a);
         }

@@ -105,7 +105,11 @@ pub struct Predictions {
 impl Predictions {
     /// AUROC of the last class (the paper's positive class) against the others.
     pub fn auroc(&self) -> Option<f64> {
-        let scores: Vec<f32> = self.probs.iter().map(|p| *p.last().unwrap_or(&0.0)).collect();
+        let scores: Vec<f32> = self
+            .probs
+            .iter()
+            .map(|p| *p.last().unwrap_or(&0.0))
+            .collect();
         let n = self.probs.first().map(Vec::len).unwrap_or(0);
         let pos: Vec<bool> = self.labels.iter().map(|&l| l + 1 == n).collect();
         auroc(&scores, &pos).ok()
@@ -143,7 +147,10 @@ fn flip(x: &[f32], shape: [usize; 4], h: bool, v: bool) -> Vec<f32> {
             let si = if v { rows - 1 - i } else { i };
             for j in 0..cols {
                 let sj = if h { cols - 1 - j } else { j };
-                let (d, s) = (((b * rows + i) * cols + j) * c, ((b * rows + si) * cols + sj) * c);
+                let (d, s) = (
+                    ((b * rows + i) * cols + j) * c,
+                    ((b * rows + si) * cols + sj) * c,
+                );
                 out[d..d + c].copy_from_slice(&x[s..s + c]);
             }
         }
@@ -153,7 +160,12 @@ fn flip(x: &[f32], shape: [usize; 4], h: bool, v: bool) -> Vec<f32> {
 
 /// Class probabilities on every image of `ds` in inference mode; with `tta`, the mean of
 /// the image, its horizontal flip, its vertical flip and both (the paper's augmented AUC).
-pub fn predict(model: &TrainModel, ds: &Arc<Dataset>, batch: usize, tta: bool) -> Result<Predictions> {
+pub fn predict(
+    model: &TrainModel,
+    ds: &Arc<Dataset>,
+    batch: usize,
+    tta: bool,
+) -> Result<Predictions> {
     let mut o = BatchOptions::new(batch, 0);
     o.shuffle = false;
     o.workers = 1;
@@ -169,10 +181,17 @@ pub fn predict(model: &TrainModel, ds: &Arc<Dataset>, batch: usize, tta: bool) -
         };
         let mut acc: Option<Vec<f32>> = None;
         for &(h, v) in views {
-            let data = if h || v { flip(&b.x, b.shape, h, v) } else { b.x.clone() };
+            let data = if h || v {
+                flip(&b.x, b.shape, h, v)
+            } else {
+                b.x.clone()
+            };
             let x = from_host(&b.shape, &data, model.torch.device())?;
             let out = model.torch.forward_outputs(&[x], false)?;
-            let host = to_host(out.first().ok_or_else(|| Error::Other("no output".into()))?)?;
+            let host = to_host(
+                out.first()
+                    .ok_or_else(|| Error::Other("no output".into()))?,
+            )?;
             match &mut acc {
                 None => acc = Some(host.data),
                 Some(a) => a.iter_mut().zip(&host.data).for_each(|(s, v)| *s += v),
@@ -297,7 +316,11 @@ pub fn fit(
     }
     let mut logs = Vec::new();
     for stage in [1usize, 2] {
-        let epochs = if stage == 1 { opts.nb_epoch } else { opts.all_layer_epochs };
+        let epochs = if stage == 1 {
+            opts.nb_epoch
+        } else {
+            opts.all_layer_epochs
+        };
         if epochs == 0 || stage < state.stage {
             continue;
         }
@@ -310,7 +333,11 @@ pub fn fit(
             state.es_best = None;
             state.es_wait = 0;
             state.stopped_early = false;
-            state.lr = if stage == 1 { opts.init_lr } else { opts.init_lr * opts.all_layer_multiplier };
+            state.lr = if stage == 1 {
+                opts.init_lr
+            } else {
+                opts.init_lr * opts.all_layer_multiplier
+            };
             saved_opt = None;
         }
         if state.stopped_early || state.stage_epoch >= epochs {
@@ -321,9 +348,17 @@ pub fn fit(
         } else {
             model.set_frozen::<&str>(&[])?;
         }
-        let wd = if stage == 1 { opts.weight_decay } else { opts.weight_decay2 };
+        let wd = if stage == 1 {
+            opts.weight_decay
+        } else {
+            opts.weight_decay2
+        };
         regs.stage_weight_decay(graph, wd, opts.flavour);
-        let stage_lr = if stage == 1 { opts.init_lr } else { opts.init_lr * opts.all_layer_multiplier };
+        let stage_lr = if stage == 1 {
+            opts.init_lr
+        } else {
+            opts.init_lr * opts.all_layer_multiplier
+        };
         let mut opt = Optimizer::paper(&opts.optimizer, stage_lr, opts.flavour)?;
         if let Some(s) = saved_opt.take() {
             opt.load_state(&s)?;
@@ -348,21 +383,35 @@ pub fn fit(
                     .f_reshape([n as i64, opts.class_list.len() as i64])
                     .and_then(|t| t.f_to(opts.device))
                     .map_err(terr("labels"))?;
-                let w = Tensor::from_slice(&b.weights).f_to(opts.device).map_err(terr("weights"))?;
+                let w = Tensor::from_slice(&b.weights)
+                    .f_to(opts.device)
+                    .map_err(terr("weights"))?;
                 let r = train_step(&model, &regs, &mut opt, &[x], &y, Some(&w))?;
                 loss_sum += r.loss * n as f64;
                 let pred: Vec<i64> = Vec::<i64>::try_from(
-                    r.output.f_argmax(-1, false).map_err(terr("argmax"))?.f_to_kind(Kind::Int64).map_err(terr("argmax"))?,
+                    r.output
+                        .f_argmax(-1, false)
+                        .map_err(terr("argmax"))?
+                        .f_to_kind(Kind::Int64)
+                        .map_err(terr("argmax"))?,
                 )
                 .map_err(terr("argmax"))?;
-                right += pred.iter().zip(&b.labels).filter(|(p, l)| **p as usize == **l).count();
+                right += pred
+                    .iter()
+                    .zip(&b.labels)
+                    .filter(|(p, l)| **p as usize == **l)
+                    .count();
                 seen += n;
             }
             let stats = it.stats().clone();
             let train_s = t0.elapsed().as_secs_f64();
             let v = predict(&model, val, opts.eval_batch, false)?;
             let (ce, val_acc) = v.loss_acc();
-            let val_loss = ce + regs.penalty(&model.torch)?.f_double_value(&[]).map_err(terr("penalty"))?;
+            let val_loss = ce
+                + regs
+                    .penalty(&model.torch)?
+                    .f_double_value(&[])
+                    .map_err(terr("penalty"))?;
             let val_auroc = v.auroc();
             let lr = opt.lr();
             // The best model by validation AUROC (DMAucModelCheckpoint).
@@ -426,9 +475,16 @@ pub fn fit(
                 .into_iter()
                 .map(|(k, t)| (format!("model/{k}"), t))
                 .collect();
-            tensors.extend(opt.state().into_iter().map(|(k, t)| (format!("optim/{k}"), t)));
+            tensors.extend(
+                opt.state()
+                    .into_iter()
+                    .map(|(k, t)| (format!("optim/{k}"), t)),
+            );
             if let Some(b) = &best_weights {
-                tensors.extend(b.iter().map(|(k, t)| (format!("best/{k}"), t.shallow_clone())));
+                tensors.extend(
+                    b.iter()
+                        .map(|(k, t)| (format!("best/{k}"), t.shallow_clone())),
+                );
             }
             checkpoint::save(&opts.run_dir, &tensors, &state)?;
             on_epoch(&log);

@@ -224,3 +224,42 @@ pub fn worst_relative(
         })
         .fold(0f32, f32::max)
 }
+
+/// Run the `allconv` binary with a deadline (a hang is a failure, not a stuck CI); returns
+/// (exit code, `None` when killed by a signal; stderr).
+pub fn allconv_with_deadline<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    seconds: u64,
+) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_allconv"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("allconv runs");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code(), err);
+        }
+        if start.elapsed() > Duration::from_secs(seconds) {
+            let _ = child.kill();
+            let shown: Vec<String> = args
+                .iter()
+                .map(|a| a.as_ref().to_string_lossy().to_string())
+                .collect();
+            panic!("allconv {shown:?} hung for {seconds} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
