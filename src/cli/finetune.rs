@@ -481,7 +481,20 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
             );
         }
     };
-    let result = fit(&graph, &train, &val, &opts, &mut on_epoch)?;
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal() && !json;
+    let mut on_batch = |p: &allconv::train::fit::BatchProgress| {
+        if tty {
+            eprint!(
+                "\r  epoch {} batch {}/{} loss {:.4} {:.1} img/s   ",
+                p.epoch, p.batch, p.batches, p.loss, p.images_per_s
+            );
+            if p.batch == p.batches {
+                eprint!("\r");
+            }
+        }
+    };
+    let result = fit(&graph, &train, &val, &opts, &mut on_epoch, &mut on_batch)?;
     let mut outputs = write_model(&result.best, &out, size)?;
     if let Some(bm) = &a.best_model {
         if a.output.is_some() {

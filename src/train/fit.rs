@@ -220,14 +220,26 @@ fn improved(best: Option<f64>, current: f64, min_delta: f64) -> bool {
     best.is_none_or(|b| current < b - min_delta)
 }
 
+/// Progress inside an epoch, after each training batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchProgress {
+    pub epoch: usize,
+    pub batch: usize,
+    pub batches: usize,
+    /// Running mean of the training loss over the epoch so far.
+    pub loss: f64,
+    pub images_per_s: f64,
+}
+
 /// Train `graph` on `train`, validating on `val` after every epoch. `on_epoch` sees each
-/// epoch's log as it ends (progress, the JSONL log).
+/// epoch's log as it ends (progress, the JSONL log); `on_batch` each training batch.
 pub fn fit(
     graph: &Graph,
     train: &Arc<Dataset>,
     val: &Arc<Dataset>,
     opts: &FitOptions,
     on_epoch: &mut dyn FnMut(&EpochLog),
+    on_batch: &mut dyn FnMut(&BatchProgress),
 ) -> Result<FitResult> {
     if opts.nb_epoch > 0 && opts.top_layer_nb.is_none() {
         return Err(Error::Other(
@@ -376,6 +388,8 @@ pub fn fit(
                 .epoch(epoch as u64, &bo)
                 .map_err(|e| Error::Other(e.to_string()))?;
             let (mut loss_sum, mut right, mut seen) = (0f64, 0usize, 0usize);
+            let batches = it.n_batches();
+            let mut batch = 0;
             for b in it.by_ref() {
                 let n = b.len();
                 let x = from_host(&b.shape, &b.x, opts.device)?;
@@ -402,6 +416,14 @@ pub fn fit(
                     .filter(|(p, l)| **p as usize == **l)
                     .count();
                 seen += n;
+                batch += 1;
+                on_batch(&BatchProgress {
+                    epoch: epoch + 1,
+                    batch,
+                    batches,
+                    loss: loss_sum / seen as f64,
+                    images_per_s: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                });
             }
             let stats = it.stats().clone();
             let train_s = t0.elapsed().as_secs_f64();

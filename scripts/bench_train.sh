@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Training throughput (a measurement, never a test): allconv finetune (libtorch, CPU) against
+# tf-keras `fit` on the same model file, the same images and the same batch, each in its own
+# process; images/s of the last (warm) epoch of each, and allconv's whole command wall time.
+#   scripts/bench_train.sh [PATCH.h5] [H] [W] [IMAGES_PER_CLASS] [BATCH] [RECIPE]
+# Default: the narrow ResNet50 patch fixture re-headed with [32-32-64]x2 at 576x448. The
+# paper's full-width model at 1152x896: scripts/bench_train.sh \
+#   build/bench/<full-width patch>.h5 1152 896 16 2 resnet:512x1,512x1:enlarge=2
+set -euo pipefail
+cd "$(dirname "$0")/.."
+patch=${1:-fixtures/k208tf_resnet50_patch/model.h5}
+h=${2:-576}; w=${3:-448}; n=${4:-16}; batch=${5:-4}; recipe=${6:-resnet:32x1,32x1:enlarge=2}
+scripts/setup.sh --python
+cargo build --release --quiet
+bin=target/release/allconv; py=.venv-tf/bin/python
+out=bench-out/train; rm -rf "$out"; mkdir -p "$out"
+$py converters/bench_train_peer.py gen "$out/data" "$n" "$h" "$w"
+$bin rehead "$patch" -o "$out/whole.h5" --input-size "${h}x${w}" --top "$recipe" --seed 1 >/dev/null
+rescale=0.0000305; mean=0.5
+start=$(date +%s.%N)
+/usr/bin/time -f '%M' -o "$out/allconv_peak_kb" $bin finetune "$out/whole.h5" --train "$out/data" \
+  --val "$out/data" -o "$out/ft/best.h5" --img-size "$h" "$w" --rescale-factor $rescale \
+  --featurewise-mean $mean --batch-size $((2 * batch)) --train-bs-multiplier 0.5 --nb-epoch 0 \
+  --all-layer-epochs 2 --optimizer adam --init-learningrate 0.0001 --no-augmentation \
+  --log "$out/ft/log.jsonl" >/dev/null 2>&1
+end=$(date +%s.%N)
+$py converters/bench_train_peer.py tfkeras "$out/whole.h5" "$out/data" "$h" "$w" "$batch" 2 \
+  $rescale $mean 2>/dev/null | tail -1 > "$out/tfkeras.json"
+python3 - "$out" "$start" "$end" "$h" "$w" "$batch" "$n" <<'PY'
+import json, os, sys, platform
+d, start, end, h, w, batch, n = sys.argv[1:]
+log = [json.loads(l) for l in open(os.path.join(d, "ft", "log.jsonl"))]
+tk = json.load(open(os.path.join(d, "tfkeras.json")))
+peak = int(open(os.path.join(d, "allconv_peak_kb")).read().split()[-1]) / 1024
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+a = log[-1]["images_per_s"]
+rows = [
+  f"Training, {2*int(n)} images {h}x{w}, batch {batch}, Adam, no augmentation; {cpu}, {os.cpu_count()} cores; {tk['peer']}.",
+  "",
+  "| measure | allconv (libtorch CPU) | tf-keras fit | ratio |",
+  "|---|---|---|---|",
+  f"| images/s, warm epoch | {a:.2f} | {tk['images_per_s']:.2f} | {a / tk['images_per_s']:.2f} |",
+  f"| peak memory (MiB) | {peak:.0f} | {tk['peak_mb']:.0f} | {peak / tk['peak_mb']:.2f} |",
+  f"| data-wait share (allconv) | {log[-1]['data_wait_share']:.2f} | | |",
+  f"| `allconv finetune` whole command, 2 epochs + validation + outputs (s) | {float(end) - float(start):.1f} | | |",
+]
+open(os.path.join(d, "table.md"), "w").write("\n".join(rows) + "\n")
+print("\n".join(rows))
+PY
