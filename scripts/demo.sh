@@ -59,7 +59,18 @@ $bin convert $out/yaroslav_whole.h5 -o $out/yaroslav_whole.onnx --input-size 102
 $bin predict $out/yaroslav_whole.onnx fixtures/images/mdb028.pgm \
     --preprocess size=1024x768,rescale=0.0078125,mean=0.5,channels=1
 
-step "9. Every bundled fixture: Keras version, dialect, parameter count"
+step "9. Fine-tune (the paper's two-stage training, Keras semantics, libtorch on CPU)"
+# A synthetic two-class set of 16-bit PNGs (bright mass or not); the narrow VGG16 patch
+# classifier re-headed with a VGG block at 64x64; stage 1 trains the top, stage 2 all layers.
+$bin synth $out/synth --per-class 32 --size 64x64
+$bin finetune --patch-model-state fixtures/k208_vgg16_patch/model.h5 --block-type vgg \
+    --top-depths 16 --top-repetitions 1 --img-size 64 64 --rescale-factor 0.0000305 \
+    --featurewise-mean 0.5 --batch-size 16 --nb-epoch 2 --all-layer-epochs 3 --optimizer adam \
+    --init-learningrate 0.001 --all-layer-multiplier 0.5 --no-augmentation \
+    -o $out/finetuned/best.h5 --log $out/finetuned/log.jsonl \
+    $out/synth/train $out/synth/val $out/synth/test
+
+step "10. Every bundled fixture: Keras version, dialect, parameter count"
 for d in fixtures/*/; do
   [ -f "$d/expect.json" ] && { [ -f "$d/model.h5" ] || [ -f "$d/weights.h5" ]; } || continue
   m="$d/model.h5"; args=()
@@ -69,5 +80,5 @@ for d in fixtures/*/; do
   $bin inspect "$m" "${args[@]}" --json | python3 -c 'import json,sys; r=json.load(sys.stdin); v=r["keras_version"] or "?"; print("  %-30s %7s %9d params %4d layers  %s" % (sys.argv[1], v, r["params"], len(r["layers"]), r["dialect"]))' "$(basename "$d")"
 done
 
-step "10. A hostile file is refused, never executed"
+step "11. A hostile file is refused, never executed"
 $bin inspect fixtures/hostile/lambda_and_custom.h5 || echo "(refused as expected)"

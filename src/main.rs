@@ -96,6 +96,8 @@ enum Command {
     Bench(BenchCmd),
     /// Patch classifier -> whole-image classifier, as the paper's add_top_layers builds it.
     Rehead(cli::rehead::ReheadArgs),
+    /// Write a synthetic two-class set of 16-bit mammogram-like PNGs (to try finetune).
+    Synth(cli::synth::SynthArgs),
     /// Fine-tune on folders of labelled images: the paper's two-stage training (libtorch).
     #[cfg(feature = "torch")]
     Finetune(Box<cli::finetune::FinetuneArgs>),
@@ -216,6 +218,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify_cmd(args),
         Command::Bench(cmd) => bench_cmd(cmd),
         Command::Rehead(args) => cli::rehead::main(args),
+        Command::Synth(args) => cli::synth::main(args),
         #[cfg(feature = "torch")]
         Command::Finetune(args) => cli::finetune::main(*args),
         Command::Inspect { model, json } => match read_model(&model.model, &model.options()) {

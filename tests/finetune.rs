@@ -267,7 +267,14 @@ fn killed_run_resumes_to_the_same_weights() {
 #[test]
 fn the_papers_finetune_command_runs_as_written() {
     let root = tmp("paper");
-    let [train, val, test] = data(&root, [16, 8, 8]);
+    // The data from `allconv synth`, as a user would make it.
+    let (ok, _, stderr) = allconv(
+        &["synth", &root.join("synth").display().to_string(), "--per-class", "16", "--size", "64x64"]
+            .map(String::from),
+    );
+    assert!(ok, "{stderr}");
+    let [train, val, test] = ["train", "val", "test"].map(|d| root.join("synth").join(d));
+    assert_eq!(std::fs::read_dir(val.join("pos")).unwrap().count(), 8);
     // A whole-image model, as the paper resumes from one.
     let whole = root.join("whole.h5");
     let (ok, _, stderr) = allconv(

@@ -4,3 +4,4 @@
 #[cfg(feature = "torch")]
 pub mod finetune;
 pub mod rehead;
+pub mod synth;
