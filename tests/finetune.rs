@@ -269,8 +269,15 @@ fn the_papers_finetune_command_runs_as_written() {
     let root = tmp("paper");
     // The data from `allconv synth`, as a user would make it.
     let (ok, _, stderr) = allconv(
-        &["synth", &root.join("synth").display().to_string(), "--per-class", "16", "--size", "64x64"]
-            .map(String::from),
+        &[
+            "synth",
+            &root.join("synth").display().to_string(),
+            "--per-class",
+            "16",
+            "--size",
+            "64x64",
+        ]
+        .map(String::from),
     );
     assert!(ok, "{stderr}");
     let [train, val, test] = ["train", "val", "test"].map(|d| root.join("synth").join(d));

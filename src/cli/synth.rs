@@ -26,9 +26,13 @@ pub fn main(a: SynthArgs) -> ExitCode {
         return crate::fail(a.json, "--size: expected HxW");
     };
     let mut counts = Vec::new();
-    for (i, (part, n)) in [("train", a.per_class), ("val", a.per_class.div_ceil(2)), ("test", a.per_class.div_ceil(2))]
-        .into_iter()
-        .enumerate()
+    for (i, (part, n)) in [
+        ("train", a.per_class),
+        ("val", a.per_class.div_ceil(2)),
+        ("test", a.per_class.div_ceil(2)),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let d = a.dir.join(part);
         if let Err(e) = allconv::data::synthetic::write_two_class(&d, n, a.seed + i as u64, h, w) {
@@ -37,10 +41,16 @@ pub fn main(a: SynthArgs) -> ExitCode {
         counts.push((part, 2 * n));
     }
     if a.json {
-        outln!("{}", serde_json::json!({"dir": a.dir.display().to_string(), "images": counts.iter().map(|(p, n)| (p.to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>()}));
+        outln!(
+            "{}",
+            serde_json::json!({"dir": a.dir.display().to_string(), "images": counts.iter().map(|(p, n)| (p.to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>()})
+        );
     } else {
         for (p, n) in counts {
-            outln!("wrote {} ({n} images, {h}x{w}, 16-bit)", a.dir.join(p).display());
+            outln!(
+                "wrote {} ({n} images, {h}x{w}, 16-bit)",
+                a.dir.join(p).display()
+            );
         }
     }
     ExitCode::SUCCESS
