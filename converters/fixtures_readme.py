@@ -54,11 +54,13 @@ def rehead_cover(e):
 
 
 def size(d):
+    """Bytes of the files under `d` (recursively), symlinks not counted."""
     tot = 0
     for f in os.listdir(d):
         p = os.path.join(d, f)
-        if not os.path.islink(p):
-            tot += os.path.getsize(p)
+        if os.path.islink(p):
+            continue
+        tot += size(p) if os.path.isdir(p) else os.path.getsize(p)
     return tot
 
 
@@ -89,6 +91,22 @@ def main():
         rows.append("| `%s` | %s %s | %s | %d KB |" % (c, gen, e.get("keras_version", ""), cov, s // 1024))
     hs = size(os.path.join(FX, "hostile")) if os.path.isdir(os.path.join(FX, "hostile")) else 0
     total += hs
+    # Reference sets that are not model fixtures (no expect.json): (dir, made by, what).
+    others = [
+        ("train_step", "train_step_ref.py, dropout_probe.py", "genuine `train_on_batch` steps "
+         "(tf-keras: 7 optimizers; Keras 2.0.8: sgd, adam) with L2, class/sample weights, a "
+         "frozen BN and the two-stage freeze (tests/train_step.rs)"),
+        ("augment", "augment_ref.py (Keras 2.0.8)", "ImageDataGenerator transforms, inputs, "
+         "parameters and outputs (tests/augment_keras.rs)"),
+        ("compressed", "compress_fixture.py (h5py)", "k208_conv with gzip-compressed datasets "
+         "(tests/compressed.rs)"),
+    ]
+    other_rows = []
+    for d, gen, what in others:
+        if os.path.isdir(os.path.join(FX, d)):
+            s = size(os.path.join(FX, d))
+            total += s
+            other_rows.append("| `%s/` | %s | %s | %d KB |" % (d, gen, what, s // 1024))
     with open(os.path.join(FX, "README.md"), "w") as f:
         f.write("# fixtures/: genuine-Keras references\n\n"
                 "Made by `converters/` (see converters/README.md). Each case has `model.h5` (or "
@@ -101,6 +119,8 @@ def main():
         f.write("\n".join(rows) + "\n")
         f.write("| `hostile/` | h5py + Keras 2.0.8/1.2.2/tf-keras | files to refuse; "
                 "`hostile/expect.json` maps file -> phrase the error must contain | %d KB |\n" % (hs // 1024))
+        if other_rows:
+            f.write("\n".join(other_rows) + "\n")
         f.write("\nTotal (converters' fixtures, symlinks not counted): %.1f MB\n" % (total / 1e6))
     print("total %.1f MB" % (total / 1e6))
 
