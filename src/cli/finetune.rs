@@ -562,8 +562,8 @@ pub fn main(a: FinetuneArgs) -> ExitCode {
                 outln!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {
                 outln!(
-                    "best epoch {:?}, val AUROC {}; test AUROC {} ({} with 4-flip TTA)",
-                    s.best_epoch,
+                    "best epoch {}, val AUROC {}; test AUROC {} ({} with 4-flip TTA)",
+                    s.best_epoch.map_or("n/a".into(), |e| e.to_string()),
                     s.best_val_auroc.map_or("n/a".into(), |v| format!("{v:.4}")),
                     s.test_auroc.map_or("n/a".into(), |v| format!("{v:.4}")),
                     s.test_auroc_tta.map_or("n/a".into(), |v| format!("{v:.4}")),
