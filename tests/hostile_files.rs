@@ -4,7 +4,6 @@
 
 mod common;
 
-
 /// Run `allconv inspect FILE` with a deadline; returns (exit code, stderr).
 fn inspect(file: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
     let mut args: Vec<std::ffi::OsString> = vec!["inspect".into(), file.into()];
@@ -100,9 +99,23 @@ fn weight_shape_is_checked_before_the_data_is_read() {
         "{}: layer conv1: weight /model_weights/conv1/conv1/kernel has shape [3, 3, 3, 100000], expected [3, 3, 3, 2]",
         file.display()
     );
-    assert!(err.contains(&want), "expected the shape mismatch\n  {want}\ngot\n  {err}");
+    assert!(
+        err.contains(&want),
+        "expected the shape mismatch\n  {want}\ngot\n  {err}"
+    );
     let lower = err.to_lowercase();
-    for not in ["shape bomb", "filter", "inflate", "can't read", "unable", "memory", "alloc"] {
-        assert!(!lower.contains(not), "a {not:?} error, not the shape check: {err}");
+    for not in [
+        "shape bomb",
+        "filter",
+        "inflate",
+        "can't read",
+        "unable",
+        "memory",
+        "alloc",
+    ] {
+        assert!(
+            !lower.contains(not),
+            "a {not:?} error, not the shape check: {err}"
+        );
     }
 }

@@ -79,7 +79,9 @@ fn graph_for(case: &Case) -> Graph {
     let mut g = read_model(&model, &opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     if case.free_size {
         assert!(
-            g.inputs.iter().all(|i| i.shape[..2].iter().all(|d| !matches!(d, Dim::Known(_)))),
+            g.inputs
+                .iter()
+                .all(|i| i.shape[..2].iter().all(|d| !matches!(d, Dim::Known(_)))),
             "{}: size not freed",
             case.name
         );

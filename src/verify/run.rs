@@ -429,7 +429,11 @@ fn reference_vectors(
         }
         let mut worst = 0f32;
         for (k, &v) in fed.data.iter().enumerate() {
-            let raw = if raw_c == c { input.data[k] } else { input.data[k / c] };
+            let raw = if raw_c == c {
+                input.data[k]
+            } else {
+                input.data[k / c]
+            };
             let want = p.apply_value(raw);
             worst = worst.max((want - v).abs() / want.abs().max(1.0));
         }
@@ -545,8 +549,7 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             let t = got
                 .first()
                 .ok_or_else(|| Error::Other("the exported model has no output".into()))?;
-            let err =
-                compare("output", &t.data, &t.shape, &o.data, &o.shape, 0.0, 0.0).max_abs_err;
+            let err = compare("output", &t.data, &t.shape, &o.data, &o.shape, 0.0, 0.0).max_abs_err;
             // A reference the converted model does not reproduce is not embedded as one.
             if !(err <= DEFAULT_ATOL) {
                 return Err(Error::Other(format!(
