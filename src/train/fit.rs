@@ -22,7 +22,6 @@ use crate::error::{Error, Result};
 use crate::ir::Graph;
 use crate::torch::{from_host, to_host};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -526,9 +525,4 @@ pub fn fit(
         last,
         resumed_after,
     })
-}
-
-/// The best model's weights as a map, for comparing runs.
-pub fn weights_of(g: &Graph) -> &BTreeMap<String, crate::ir::Tensor> {
-    &g.params
 }
