@@ -730,6 +730,9 @@ fn upsampling(ctx: &LayerCtx) -> ConvertResult {
     let size = ctx
         .tuple(&["size", "length"], rank)?
         .unwrap_or(vec![2; rank]);
+    if size.contains(&0) {
+        return Err(format!("size {size:?}: every factor must be at least 1"));
+    }
     let interpolation = match ctx.str(&["interpolation"]) {
         None | Some("nearest") => Interpolation::Nearest,
         Some("bilinear") => Interpolation::Bilinear,
@@ -893,6 +896,21 @@ mod tests {
             (Padding::Same, DataFormat::ChannelsFirst, false)
         );
         assert!(ctx.unread_keys().is_empty(), "{:?}", ctx.unread_keys());
+    }
+
+    #[test]
+    fn upsampling_by_zero_is_refused() {
+        let cfg = serde_json::json!({"size": [2, 0], "data_format": "channels_last"});
+        let ctx = LayerCtx::new(
+            "up",
+            "UpSampling2D",
+            &cfg,
+            vec![vec![Dim::Known(4), Dim::Known(4), Dim::Known(3)]],
+            false,
+            false,
+        );
+        let e = upsampling(&ctx).unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
     }
 
     #[test]

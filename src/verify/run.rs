@@ -310,7 +310,9 @@ pub fn verify_onnx(
                 .get(meta::TEST_SOURCE)
                 .cloned()
                 .unwrap_or_default();
-            let (i, o) = meta::test_vectors(&proto)?.ok_or_else(|| {
+            let vectors = meta::test_vectors(&proto)
+                .map_err(|e| Error::Other(format!("{}: {e}", model.display())))?;
+            let (i, o) = vectors.ok_or_else(|| {
                 Error::Other(format!(
                     "{}: no embedded test vectors; pass --reference io.npz",
                     model.display()
