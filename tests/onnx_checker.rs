@@ -12,27 +12,10 @@ use allconv::onnx::{export, ExportOptions};
 use std::path::Path;
 use std::process::Command;
 
-fn python() -> String {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tf/bin/python");
-    if venv.is_file() {
-        venv.display().to_string()
-    } else {
-        "python3".into()
-    }
-}
-
-fn importable(py: &str) -> bool {
-    Command::new(py)
-        .args(["-c", "import onnx, onnxruntime"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 #[test]
 fn onnx_checker_and_onnxruntime_match_keras() {
-    let py = python();
-    if !importable(&py) {
+    let py = common::tf_python();
+    if !common::onnx_importable(&py) {
         assert!(
             std::env::var("ALLCONV_REQUIRE_PYTHON").is_err(),
             "ALLCONV_REQUIRE_PYTHON is set but `{py}` cannot import onnx and onnxruntime"

@@ -192,23 +192,6 @@ fn tract_at_sizes(bytes: &[u8], case: &Case) -> Vec<(String, f32)> {
     rows
 }
 
-fn python() -> String {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tf/bin/python");
-    if venv.is_file() {
-        venv.display().to_string()
-    } else {
-        "python3".into()
-    }
-}
-
-fn importable(py: &str) -> bool {
-    Command::new(py)
-        .args(["-c", "import onnx, onnxruntime"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 fn tmp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("allconv-symsize-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -254,8 +237,8 @@ fn one_file_every_size_tract() {
 /// The same single files in onnxruntime at every size, and onnx.checker on them.
 #[test]
 fn one_file_every_size_onnxruntime() {
-    let py = python();
-    if !importable(&py) {
+    let py = common::tf_python();
+    if !common::onnx_importable(&py) {
         common::skip_or_fail(&format!(
             "`{py}` cannot import onnx and onnxruntime (run converters/setup.sh)"
         ));

@@ -462,6 +462,11 @@ impl Optimizer {
     }
 }
 
+/// Keras's moving average of a slot: `a * beta + x * (1 - beta)`.
+fn ema(a: &Tensor, x: &Tensor, beta: f64) -> std::result::Result<Tensor, tch::TchError> {
+    a.f_mul_scalar(beta)?.f_add(&x.f_mul_scalar(1.0 - beta)?)
+}
+
 /// The new value of `p`; the slots `st` are replaced by their new values.
 #[allow(clippy::too_many_arguments)]
 fn update(
@@ -490,9 +495,7 @@ fn update(
             new_p
         }
         Rule::RmsProp { rho, epsilon, .. } => {
-            let a = st[0]
-                .f_mul_scalar(rho)?
-                .f_add(&g.f_square()?.f_mul_scalar(1.0 - rho)?)?;
+            let a = ema(&st[0], &g.f_square()?, rho)?;
             let den = if keras2 {
                 a.f_sqrt()?.f_add_scalar(epsilon)?
             } else {
@@ -514,16 +517,12 @@ fn update(
             new_p
         }
         Rule::Adadelta { rho, epsilon, .. } => {
-            let a = st[0]
-                .f_mul_scalar(rho)?
-                .f_add(&g.f_square()?.f_mul_scalar(1.0 - rho)?)?;
+            let a = ema(&st[0], &g.f_square()?, rho)?;
             let u = g
                 .f_mul(&st[1].f_add_scalar(epsilon)?.f_sqrt()?)?
                 .f_div(&a.f_add_scalar(epsilon)?.f_sqrt()?)?;
             let new_p = p.f_sub(&u.f_mul_scalar(lr)?)?;
-            let d = st[1]
-                .f_mul_scalar(rho)?
-                .f_add(&u.f_square()?.f_mul_scalar(1.0 - rho)?)?;
+            let d = ema(&st[1], &u.f_square()?, rho)?;
             st[0] = a;
             st[1] = d;
             new_p
@@ -534,12 +533,8 @@ fn update(
             epsilon,
             ..
         } => {
-            let m = st[0]
-                .f_mul_scalar(beta_1)?
-                .f_add(&g.f_mul_scalar(1.0 - beta_1)?)?;
-            let v = st[1]
-                .f_mul_scalar(beta_2)?
-                .f_add(&g.f_square()?.f_mul_scalar(1.0 - beta_2)?)?;
+            let m = ema(&st[0], g, beta_1)?;
+            let v = ema(&st[1], &g.f_square()?, beta_2)?;
             let lr_t = lr * (1.0 - beta_2.powf(t)).sqrt() / (1.0 - beta_1.powf(t));
             let new_p = p.f_sub(
                 &m.f_mul_scalar(lr_t)?
@@ -555,9 +550,7 @@ fn update(
             epsilon,
             ..
         } => {
-            let m = st[0]
-                .f_mul_scalar(beta_1)?
-                .f_add(&g.f_mul_scalar(1.0 - beta_1)?)?;
+            let m = ema(&st[0], g, beta_1)?;
             let u = st[1].f_mul_scalar(beta_2)?.f_maximum(&g.f_abs()?)?;
             let lr_t = lr / (1.0 - beta_1.powf(t));
             let new_p = p.f_sub(&m.f_mul_scalar(lr_t)?.f_div(&u.f_add_scalar(epsilon)?)?)?;
@@ -572,12 +565,8 @@ fn update(
             ..
         } => {
             let (mu_t, mu_t1, p_t, p_t1) = nadam.unwrap_or((0.0, 0.0, 0.0, 0.0));
-            let m = st[0]
-                .f_mul_scalar(beta_1)?
-                .f_add(&g.f_mul_scalar(1.0 - beta_1)?)?;
-            let v = st[1]
-                .f_mul_scalar(beta_2)?
-                .f_add(&g.f_square()?.f_mul_scalar(1.0 - beta_2)?)?;
+            let m = ema(&st[0], g, beta_1)?;
+            let v = ema(&st[1], &g.f_square()?, beta_2)?;
             let m_bar = g
                 .f_mul_scalar((1.0 - mu_t) / (1.0 - p_t))?
                 .f_add(&m.f_mul_scalar(mu_t1 / (1.0 - p_t1))?)?;

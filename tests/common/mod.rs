@@ -263,3 +263,23 @@ pub fn allconv_with_deadline<S: AsRef<std::ffi::OsStr>>(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The interpreter with onnx and onnxruntime: `.venv-tf/bin/python` (converters/setup.sh),
+/// else `python3`.
+pub fn tf_python() -> String {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tf/bin/python");
+    if venv.is_file() {
+        venv.display().to_string()
+    } else {
+        "python3".into()
+    }
+}
+
+/// Whether `py` can import onnx and onnxruntime.
+pub fn onnx_importable(py: &str) -> bool {
+    std::process::Command::new(py)
+        .args(["-c", "import onnx, onnxruntime"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
