@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test of allconv from a fresh checkout: installs what it needs, then
 # `cargo test`. ALLCONV_REQUIRE_PYTHON=1 turns a missing genuine framework into a test
-# failure instead of a skip: here the cross-checks must run.
+# failure instead of a skip: here the cross-checks must run. The inference-only edge
+# build is cross-compiled first for ARM (64 and 32 bit) and static x86_64 musl, and
+# ALLCONV_REQUIRE_CROSS=1 makes tests/edge_cross.rs run each binary under qemu-user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --python
-export ALLCONV_REQUIRE_PYTHON=1
+for t in ${ALLCONV_CROSS_TARGETS:-aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf x86_64-unknown-linux-musl}; do
+  echo "test.sh: edge build for $t" >&2
+  ALLCONV_CROSS_QUIET=1 scripts/cross.sh "$t" >/dev/null
+done
+export ALLCONV_REQUIRE_PYTHON=1 ALLCONV_REQUIRE_CROSS=1
 cargo test --all-targets "$@"
-# The inference-only build (ONNX export + tract, no libtorch) must keep compiling.
-cargo check --no-default-features --features runtime --lib --bins

@@ -2,10 +2,12 @@
 //! in its own process (scripts/bench.sh) so that its peak memory is its own, like the
 //! Python peers in converters/bench_peers.py. Timings are reported, never asserted.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+#[cfg(feature = "keras")]
 use crate::keras::{read_model, ReadOptions};
+#[cfg(feature = "keras")]
 use crate::onnx::{export, write_atomic, ExportOptions};
-use crate::runtime::TractModel;
+use crate::runtime::ModelFile;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
@@ -25,8 +27,11 @@ pub struct RunBench {
     pub model: String,
     pub input_shape: Vec<usize>,
     pub threads: usize,
-    /// Load + optimize + make runnable.
+    pub format: crate::runtime::Format,
+    /// Read the file + optimize + make runnable.
     pub load_s: f64,
+    /// Time to first result: load_s plus the first (cold) run.
+    pub first_result_s: f64,
     /// Median of `runs` after one warm-up run.
     pub latency_ms: f64,
     pub runs: usize,
@@ -52,6 +57,7 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+#[cfg(feature = "keras")]
 /// Time the whole conversion, .h5 to .onnx on disk, `repeats` times.
 pub fn bench_convert(
     h5: &Path,
@@ -79,22 +85,20 @@ pub fn bench_convert(
     })
 }
 
-/// Load an .onnx into tract at `input_shape` (NHWC, batch first) and time `runs` runs on a
-/// deterministic input.
+/// Load a model file (ONNX or NNEF) into tract at `input_shape` (batch first) and time
+/// `runs` runs on a deterministic input, after the first.
 pub fn bench_run(
-    onnx: &Path,
+    path: &Path,
     input_shape: &[usize],
     threads: usize,
     runs: usize,
 ) -> Result<RunBench> {
-    let bytes = std::fs::read(onnx).map_err(|e| Error::Io {
-        file: onnx.to_path_buf(),
-        message: e.to_string(),
-    })?;
     let t = Instant::now();
-    let model = TractModel::load(&bytes, input_shape, threads)?;
+    let file = ModelFile::open(path)?;
+    let model = file.load(&[input_shape.to_vec()], threads)?;
     let load_s = t.elapsed().as_secs_f64();
-    drop(bytes);
+    let format = file.format;
+    drop(file);
     let n: usize = input_shape.iter().product();
     // The same pseudo-random stream for every run (a fixed LCG: no dependency).
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -107,6 +111,7 @@ pub fn bench_run(
         })
         .collect();
     model.run(&input)?;
+    let first_result_s = t.elapsed().as_secs_f64();
     let mut times = Vec::new();
     for _ in 0..runs.max(1) {
         let t = Instant::now();
@@ -114,10 +119,12 @@ pub fn bench_run(
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(RunBench {
-        model: onnx.display().to_string(),
+        model: path.display().to_string(),
         input_shape: input_shape.to_vec(),
         threads,
+        format,
         load_s,
+        first_result_s,
         latency_ms: median(times),
         runs: runs.max(1),
         peak_mb: peak_rss_mb(),

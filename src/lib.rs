@@ -5,9 +5,12 @@
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod files;
 pub mod ir;
+#[cfg(feature = "keras")]
 pub mod keras;
 pub mod layout;
+pub mod meta;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod passes;
@@ -19,7 +22,6 @@ pub mod safetensors;
 pub mod torch;
 #[cfg(feature = "torch")]
 pub mod train;
-#[cfg(feature = "onnx")]
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 /// Arguments of `allconv predict`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct PredictArgs {
-    /// Model: an .onnx file, or a Keras .h5 (converted in memory).
+    /// Model: an .onnx or .nnef.tgz file, or a Keras .h5 (converted in memory).
     pub model: PathBuf,
     /// Images: PNG, PGM/PPM, JPEG, TIFF or DICOM.
     #[arg(required = true)]
@@ -31,9 +31,9 @@ pub struct PredictArgs {
     /// 4-flip test-time augmentation: mean over the image and its h, v and h+v flips.
     #[arg(long)]
     pub tta: bool,
-    /// Threads for tract's matrix products.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    /// Threads for tract's matrix products (default: every available core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// CSV output: `file,p0,p1,...,error`.
     #[arg(long, conflicts_with = "json")]
     pub csv: bool,
@@ -67,11 +67,17 @@ mod imp {
     use allconv::data::{
         flip_h, flip_v, read_image, write_overlay, GrayImage, OverlayOptions, Preprocess,
     };
+    #[cfg(feature = "keras")]
     use allconv::ir::{split_channels, DataFormat, Graph};
+    #[cfg(feature = "keras")]
     use allconv::keras::{read_model, ReadOptions};
-    use allconv::onnx::{self, meta, ExportOptions};
-    use allconv::passes::heatmap::{to_heatmap, HeatmapReport};
-    use allconv::runtime::TractModel;
+    use allconv::meta;
+    #[cfg(feature = "keras")]
+    use allconv::onnx::{self, ExportOptions};
+    #[cfg(feature = "keras")]
+    use allconv::passes::heatmap::to_heatmap;
+    use allconv::passes::heatmap::HeatmapReport;
+    use allconv::runtime::{ModelFile, TractModel};
     use serde_json::{json, Value};
     use std::collections::{HashMap, HashSet};
     use std::path::{Path, PathBuf};
@@ -88,7 +94,10 @@ mod imp {
     }
 
     enum Engine {
-        Onnx(Vec<u8>),
+        /// An ONNX or NNEF file.
+        File(Box<ModelFile>),
+        /// A Keras graph, exported to ONNX in memory at each size it is run at.
+        #[cfg(feature = "keras")]
         Keras(Box<Graph>),
     }
 
@@ -114,22 +123,21 @@ mod imp {
                 } else {
                     vec![1, h, w, self.channels]
                 };
-                let bytes;
-                let onnx_bytes: &[u8] = match &self.engine {
-                    Engine::Onnx(b) => b,
+                let m = match &self.engine {
+                    Engine::File(f) => f.load(&[shape], self.threads),
+                    #[cfg(feature = "keras")]
                     Engine::Keras(g) => {
                         let opts = ExportOptions {
                             input_size: Some(vec![h, w]),
                             ..Default::default()
                         };
-                        bytes = onnx::export(g, &opts)
+                        let bytes = onnx::export(g, &opts)
                             .and_then(|e| e.to_bytes())
                             .map_err(|e| format!("converting the model at {h}x{w}: {e}"))?;
-                        &bytes
+                        TractModel::load(&bytes, &shape, self.threads)
                     }
-                };
-                let m = TractModel::load(onnx_bytes, &shape, self.threads)
-                    .map_err(|e| format!("loading the model at {h}x{w}: {e}"))?;
+                }
+                .map_err(|e| format!("loading the model at {h}x{w}: {e}"))?;
                 self.plans.insert((h, w), m);
             }
             self.plans
@@ -140,22 +148,22 @@ mod imp {
 
     fn load_model(args: &PredictArgs) -> Res<Model> {
         let path = &args.model;
-        let is_onnx = path
+        let is_h5 = path
             .extension()
-            .map(|e| e.eq_ignore_ascii_case("onnx"))
-            .unwrap_or(false);
-        let threads = args.threads.max(1);
-        if is_onnx {
+            .is_some_and(|e| e.eq_ignore_ascii_case("h5") || e.eq_ignore_ascii_case("hdf5"));
+        let threads = args
+            .threads
+            .unwrap_or_else(allconv::runtime::default_threads)
+            .max(1);
+        if !is_h5 {
             if args.heatmap.is_some() {
                 return Err(
-                    "--heatmap needs the Keras .h5 patch classifier: the heatmap pass rewrites the model's IR, not an ONNX file"
+                    "--heatmap needs the Keras .h5 patch classifier: the heatmap pass rewrites the model's IR, not an ONNX or NNEF file"
                         .into(),
                 );
             }
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let proto =
-                meta::parse_model(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-            let md = meta::metadata(&proto);
+            let file = ModelFile::open(path).map_err(|e| e.to_string())?;
+            let md = &file.metadata;
             let nchw = md.get(meta::INPUT_LAYOUT).map(String::as_str) == Some("NCHW");
             let in_graph_pre = match md.get(meta::PREPROCESS) {
                 Some(s) => {
@@ -175,35 +183,14 @@ mod imp {
                 None => None,
             };
             let in_graph_tta = md.contains_key(meta::TTA);
-            let graph = proto
-                .graph
-                .as_ref()
-                .ok_or_else(|| format!("{}: the ONNX model has no graph", path.display()))?;
-            if graph.input.len() != 1 {
+            if file.inputs.len() != 1 {
                 return Err(format!(
                     "{}: predict needs a model with one input, this one has {}",
                     path.display(),
-                    graph.input.len()
+                    file.inputs.len()
                 ));
             }
-            let dims: Vec<Option<usize>> = graph.input[0]
-                .type_
-                .tensor_type()
-                .shape
-                .as_ref()
-                .map(|s| {
-                    s.dim
-                        .iter()
-                        .map(|d| {
-                            if d.has_dim_value() && d.dim_value() > 0 {
-                                Some(d.dim_value() as usize)
-                            } else {
-                                None
-                            }
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let dims = file.inputs[0].clone();
             if dims.len() != 4 {
                 return Err(format!(
                     "{}: predict needs an image input (N, H, W, C), the model's input has rank {}",
@@ -227,7 +214,7 @@ mod imp {
                 _ => None,
             };
             Ok(Model {
-                engine: Engine::Onnx(bytes),
+                engine: Engine::File(Box::new(file)),
                 nchw,
                 channels,
                 fixed_hw,
@@ -238,6 +225,22 @@ mod imp {
                 plans: HashMap::new(),
             })
         } else {
+            load_keras(args, threads)
+        }
+    }
+
+    #[cfg(not(feature = "keras"))]
+    fn load_keras(args: &PredictArgs, _threads: usize) -> Res<Model> {
+        Err(format!(
+            "{}: Keras .h5 models need the full build of allconv (this is the inference-only edge build); convert it to .onnx or .nnef.tgz first",
+            args.model.display()
+        ))
+    }
+
+    #[cfg(feature = "keras")]
+    fn load_keras(args: &PredictArgs, threads: usize) -> Res<Model> {
+        let path = &args.model;
+        {
             let g = read_model(path, &ReadOptions::default()).map_err(|e| e.to_string())?;
             let (g, heatmap) = if args.heatmap.is_some() {
                 let (g, r) = to_heatmap(&g).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -557,7 +560,7 @@ mod imp {
         for v in data {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
-        onnx::write_atomic(path, &bytes).map_err(|e| e.to_string())
+        allconv::files::write_atomic(path, &bytes).map_err(|e| e.to_string())
     }
 
     fn csv_field(s: &str) -> String {

@@ -93,7 +93,7 @@ pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
 /// Write `graph.params` as `.safetensors` at `path`, atomically.
 pub fn write_safetensors(graph: &Graph, path: &Path) -> Result<()> {
     let bytes = to_bytes(graph)?;
-    crate::keras::writer::atomic_write(path, |tmp| {
+    crate::files::atomic_write(path, |tmp| {
         std::fs::File::create(tmp)
             .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
             .map_err(|e| Error::Io {

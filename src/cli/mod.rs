@@ -1,7 +1,30 @@
 //! One file per subcommand: its arguments and its printing, over the library modules.
-//! (inspect, convert, verify and bench still live in `main.rs`.)
 
+pub mod bench;
+#[cfg(feature = "keras")]
+pub mod convert;
 #[cfg(feature = "torch")]
 pub mod finetune;
+#[cfg(feature = "keras")]
+pub mod inspect;
+#[cfg(feature = "keras")]
 pub mod rehead;
 pub mod synth;
+pub mod verify;
+
+/// A command this build leaves out (the inference-only edge build): its arguments are
+/// taken whole so that the error names the command, not a flag.
+#[cfg(not(all(feature = "keras", feature = "torch")))]
+#[derive(clap::Args)]
+pub struct FullBuildOnly {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
+}
+
+#[cfg(not(all(feature = "keras", feature = "torch")))]
+pub fn full_build_only(command: &str, feature: &str) -> std::process::ExitCode {
+    eprintln!(
+        "error: `allconv {command}` is not in this build of allconv (built without the `{feature}` feature: this is the inference-only build, with predict, verify and bench run on .onnx and .nnef.tgz files). Use the full build (cargo build --release) for {command}."
+    );
+    std::process::ExitCode::FAILURE
+}

@@ -395,42 +395,7 @@ fn plan_groups(
 
 /// Write through `f` into a temporary file next to `path`, then rename it over `path`.
 /// The temporary file never outlives an error.
-pub(crate) fn atomic_write(path: &Path, f: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let io = |message: String| Error::Io {
-        file: path.to_path_buf(),
-        message,
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io("not a file path".into()))?
-        .to_string_lossy()
-        .into_owned();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(".{file_name}.tmp-{}-{nanos}", std::process::id()));
-    // Claim the name first: fails cleanly on an unwritable directory.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| io(format!("cannot create a file in {}: {e}", dir.display())))?;
-    let result = f(&tmp).and_then(|()| {
-        std::fs::File::open(&tmp)
-            .and_then(|h| h.sync_all())
-            .map_err(|e| io(format!("flushing {}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(format!("renaming into place: {e}")))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub(crate) use crate::files::atomic_write;
 
 type WResult<T> = std::result::Result<T, String>;
 

@@ -1,84 +1,13 @@
-//! Metadata written into the ONNX model (`metadata_props`) and the embedded test
-//! vectors: `{"shape": [...], "dtype": "float32", "base64": "<little-endian f32>"}`.
+//! The ONNX side of [`crate::meta`]: reading and setting `metadata_props` on the
+//! protobuf model the exporter builds.
 
 use crate::error::{Error, Result};
-use base64::Engine;
+pub use crate::meta::{
+    decode_array, encode_array, Array, Metadata, BACKEND, DIALECT, F16_REFERENCE_ERR, FOLDED,
+    INPUT_LAYOUT, KERAS_VERSION, NODE_NAMES, PREPROCESS, SOURCE_SHA256, TEST_INPUT, TEST_OUTPUT,
+    TEST_SOURCE, TTA, WEIGHTS,
+};
 use onnx_protobuf::{Message, ModelProto};
-use std::collections::BTreeMap;
-
-pub const SOURCE_SHA256: &str = "allconv.source_sha256";
-pub const KERAS_VERSION: &str = "allconv.keras_version";
-pub const BACKEND: &str = "allconv.backend";
-pub const DIALECT: &str = "allconv.dialect";
-pub const INPUT_LAYOUT: &str = "allconv.input_layout";
-pub const PREPROCESS: &str = "allconv.preprocess";
-pub const TTA: &str = "allconv.tta";
-pub const NODE_NAMES: &str = "allconv.node_names";
-pub const FOLDED: &str = "allconv.folded_layers";
-pub const TEST_INPUT: &str = "allconv.test_input";
-pub const TEST_OUTPUT: &str = "allconv.test_output";
-pub const TEST_SOURCE: &str = "allconv.test_vector_source";
-
-/// A dense f32 array with its full shape (batch included).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Array {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-pub fn encode_array(a: &Array) -> String {
-    let mut raw = Vec::with_capacity(a.data.len() * 4);
-    for x in &a.data {
-        raw.extend_from_slice(&x.to_le_bytes());
-    }
-    serde_json::json!({
-        "shape": a.shape,
-        "dtype": "float32",
-        "base64": base64::engine::general_purpose::STANDARD.encode(raw),
-    })
-    .to_string()
-}
-
-pub fn decode_array(s: &str) -> Result<Array> {
-    let bad = |m: &str| Error::Other(format!("embedded test vector: {m}"));
-    let v: serde_json::Value = serde_json::from_str(s).map_err(|e| bad(&e.to_string()))?;
-    let shape: Vec<usize> = v["shape"]
-        .as_array()
-        .ok_or_else(|| bad("no shape"))?
-        .iter()
-        .map(|d| {
-            d.as_u64()
-                .map(|d| d as usize)
-                .ok_or_else(|| bad("bad shape"))
-        })
-        .collect::<Result<_>>()?;
-    if v["dtype"].as_str() != Some("float32") {
-        return Err(bad("dtype is not float32"));
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(v["base64"].as_str().ok_or_else(|| bad("no base64"))?)
-        .map_err(|e| bad(&e.to_string()))?;
-    // The shape is the file's claim: its byte count is computed checked, never trusted.
-    let bytes = shape
-        .iter()
-        .try_fold(4usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| {
-            bad(&format!(
-                "shape {shape:?} claims more bytes than a 64-bit count"
-            ))
-        })?;
-    if raw.len() != bytes {
-        return Err(bad(&format!(
-            "{} bytes for shape {shape:?}, which needs {bytes}",
-            raw.len()
-        )));
-    }
-    let data = raw
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok(Array { shape, data })
-}
 
 /// Parse an ONNX file's bytes.
 pub fn parse_model(bytes: &[u8]) -> Result<ModelProto> {
@@ -86,7 +15,7 @@ pub fn parse_model(bytes: &[u8]) -> Result<ModelProto> {
 }
 
 /// `metadata_props` as a map.
-pub fn metadata(m: &ModelProto) -> BTreeMap<String, String> {
+pub fn metadata(m: &ModelProto) -> Metadata {
     m.metadata_props
         .iter()
         .map(|p| (p.key.clone(), p.value.clone()))
@@ -107,40 +36,7 @@ pub fn set_metadata(m: &mut ModelProto, key: &str, value: String) {
     }
 }
 
-/// The embedded test vectors, if any.
+/// The embedded test vectors of an ONNX model, if any.
 pub fn test_vectors(m: &ModelProto) -> Result<Option<(Array, Array)>> {
-    let md = metadata(m);
-    match (md.get(TEST_INPUT), md.get(TEST_OUTPUT)) {
-        (Some(i), Some(o)) => {
-            let named = |key: &str, e: Error| match e {
-                Error::Other(m) => Error::Other(format!("{key}: {m}")),
-                other => other,
-            };
-            Ok(Some((
-                decode_array(i).map_err(|e| named(TEST_INPUT, e))?,
-                decode_array(o).map_err(|e| named(TEST_OUTPUT, e))?,
-            )))
-        }
-        _ => Ok(None),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_vector_shape_is_checked_before_use() {
-        // 2^32 x 2^32 x 2 float32s: the byte count overflows (old code: a multiply panic).
-        let bomb = r#"{"shape": [4294967296, 4294967296, 2], "dtype": "float32", "base64": ""}"#;
-        let e = decode_array(bomb).unwrap_err().to_string();
-        assert!(e.contains("64-bit"), "{e}");
-        let a = Array {
-            shape: vec![1, 2],
-            data: vec![0.5, -1.0],
-        };
-        assert_eq!(decode_array(&encode_array(&a)).unwrap(), a);
-        let short = r#"{"shape": [1, 2], "dtype": "float32", "base64": "AAAAAA=="}"#;
-        assert!(decode_array(short).is_err());
-    }
+    crate::meta::test_vectors(&metadata(m))
 }

@@ -23,6 +23,7 @@
 //!   named by the node name.
 
 pub mod builder;
+pub mod f16;
 pub mod lower;
 pub mod meta;
 pub mod prep;
@@ -35,7 +36,6 @@ use lower::{Lowering, SameRule, Val};
 use onnx_protobuf::{GraphProto, Message, ModelProto, OperatorSetIdProto};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 pub use prep::{InGraphPreprocess, Tta};
 
@@ -483,45 +483,4 @@ fn tta_output(cx: &mut Lowering, g: &Graph, x: &str, o: ValueId, name: &str) -> 
     Ok(())
 }
 
-/// Write `bytes` to `path` atomically: a temp file in the same directory, then rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |e: std::io::Error| Error::Io {
-        file: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| Error::Io {
-        file: path.to_path_buf(),
-        message: "no file name".into(),
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(io)
-}
-
-/// SHA-256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        file: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let d = Sha256::digest(&bytes);
-    Ok(d.iter().map(|b| format!("{b:02x}")).collect())
-}
+pub use crate::files::{sha256_file, write_atomic};

@@ -2,7 +2,9 @@
 
 pub mod fold_bn;
 pub mod heatmap;
+#[cfg(feature = "keras")]
 pub mod rehead;
 
 pub use fold_bn::{fold_batch_norm, FoldReport, FoldedPair};
+#[cfg(feature = "keras")]
 pub use rehead::{rehead, ReheadOptions, ReheadReport, Top};

@@ -1,113 +1,16 @@
-//! tract: load ONNX bytes, fix the input shape, optimise, run.
+//! Inference with tract: model files (ONNX, NNEF) opened without running anything stored
+//! in them, planned for fixed input shapes, run on the CPU.
 
-use crate::error::{Error, Result};
-use tract_onnx::prelude::*;
+mod file;
+pub mod nnef;
+mod tract;
 
-fn terr(what: &str) -> impl Fn(TractError) -> Error + '_ {
-    move |e| Error::Other(format!("tract: {what}: {e:#}"))
-}
+pub use file::{Format, ModelFile};
+pub use tract::{run_once, Output, TractModel};
 
-/// One output tensor: its shape and values (row-major).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Output {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-/// An optimised tract plan for one input shape.
-pub struct TractModel {
-    plan: Arc<TypedRunnableModel>,
-    input_shapes: Vec<Vec<usize>>,
-    executor: Option<multithread::Executor>,
-}
-
-impl TractModel {
-    /// Load an ONNX model with its (single) input fixed to `input_shape` (batch included).
-    /// `threads` > 1 runs matrix products on a tract multithread executor.
-    pub fn load(onnx: &[u8], input_shape: &[usize], threads: usize) -> Result<TractModel> {
-        Self::load_multi(onnx, &[input_shape.to_vec()], threads)
-    }
-
-    /// Load a model with one shape per graph input (batch included).
-    pub fn load_multi(
-        onnx: &[u8],
-        input_shapes: &[Vec<usize>],
-        threads: usize,
-    ) -> Result<TractModel> {
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(onnx))
-            .map_err(terr("reading the ONNX model"))?;
-        for (i, shape) in input_shapes.iter().enumerate() {
-            model = model
-                .with_input_fact(i, f32::fact(shape).into())
-                .map_err(terr("setting the input shape"))?;
-        }
-        let plan = model
-            .into_optimized()
-            .map_err(terr("optimising"))?
-            .into_runnable()
-            .map_err(terr("building the plan"))?;
-        let executor = if threads > 1 {
-            Some(multithread::Executor::multithread(threads))
-        } else {
-            None
-        };
-        Ok(TractModel {
-            plan,
-            input_shapes: input_shapes.to_vec(),
-            executor,
-        })
-    }
-
-    pub fn input_shapes(&self) -> &[Vec<usize>] {
-        &self.input_shapes
-    }
-
-    /// Run on `data` (row-major, `input_shape`); returns every graph output in order.
-    pub fn run(&self, data: &[f32]) -> Result<Vec<Output>> {
-        self.run_multi(&[data])
-    }
-
-    /// Run with one buffer per graph input.
-    pub fn run_multi(&self, data: &[&[f32]]) -> Result<Vec<Output>> {
-        if data.len() != self.input_shapes.len() {
-            return Err(Error::Other(format!(
-                "the model has {} inputs, {} given",
-                self.input_shapes.len(),
-                data.len()
-            )));
-        }
-        let mut inputs = TVec::new();
-        for (shape, d) in self.input_shapes.iter().zip(data) {
-            let t = Tensor::from_shape(shape, d).map_err(terr("building the input"))?;
-            inputs.push(t.into_tvalue());
-        }
-        let run = || self.plan.run(inputs.clone());
-        let outs = match &self.executor {
-            Some(ex) => multithread::multithread_tract_scope(ex.clone(), run),
-            None => run(),
-        }
-        .map_err(terr("running"))?;
-        outs.iter()
-            .map(|o| {
-                let v = o
-                    .to_plain_array_view::<f32>()
-                    .map_err(terr("reading an output"))?;
-                Ok(Output {
-                    shape: v.shape().to_vec(),
-                    data: v.iter().copied().collect(),
-                })
-            })
-            .collect()
-    }
-}
-
-/// Load and run once.
-pub fn run_once(
-    onnx: &[u8],
-    input_shape: &[usize],
-    data: &[f32],
-    threads: usize,
-) -> Result<Vec<Output>> {
-    TractModel::load(onnx, input_shape, threads)?.run(data)
+/// Threads to use when the user does not say: every core this process may run on.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

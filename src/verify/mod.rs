@@ -5,12 +5,16 @@
 pub mod npz;
 
 #[cfg(feature = "runtime")]
+mod file;
+#[cfg(feature = "keras")]
 mod local;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "keras")]
 mod run;
 #[cfg(feature = "runtime")]
+pub use file::*;
+#[cfg(feature = "keras")]
 pub use local::{isolated_layers, verify_layers_local, IsolatedLayer};
-#[cfg(feature = "runtime")]
+#[cfg(feature = "keras")]
 pub use run::*;
 
 use serde::Serialize;

@@ -1,7 +1,7 @@
 //! Reading `io.npz` reference files (float32 or float64 arrays).
 
 use crate::error::{Error, Result};
-use crate::onnx::meta::Array;
+use crate::meta::Array;
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::NpzReader;
 use std::collections::BTreeMap;

@@ -1,7 +1,10 @@
 //! Running models through tract for verification and conversion.
 
+use super::file::{max_err, reference_inputs, SELF_RUN};
 use super::npz::{first_items, read_npz};
-use super::{compare, layer_atol, order_layers, TensorCmp, DEFAULT_ATOL, DEFAULT_RTOL};
+use super::{
+    compare, layer_atol, order_layers, TensorCmp, VerifyOptions, VerifyReport, DEFAULT_ATOL,
+};
 use crate::error::{Error, Result};
 use crate::ir::{DataFormat, Graph, Producer};
 use crate::keras::{read_model, ReadOptions};
@@ -13,103 +16,6 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone)]
-pub struct VerifyOptions {
-    pub atol: f32,
-    pub rtol: f32,
-    pub per_layer: bool,
-    pub fold_bn: bool,
-    pub threads: usize,
-    pub opset: i64,
-    /// Per-layer tolerance scaled by the layer's range: `atol * max(1, max|ref|)`
-    /// (deep float32 nets drift by ~1e-4 relative in every runtime).
-    pub layer_atol_scaled: bool,
-}
-
-impl Default for VerifyOptions {
-    fn default() -> Self {
-        VerifyOptions {
-            atol: DEFAULT_ATOL,
-            rtol: DEFAULT_RTOL,
-            per_layer: false,
-            fold_bn: false,
-            threads: 1,
-            opset: crate::onnx::DEFAULT_OPSET,
-            layer_atol_scaled: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    pub model: String,
-    pub reference: String,
-    pub backend: String,
-    pub atol: f32,
-    pub rtol: f32,
-    /// Largest absolute error over the outputs (and the layers when per-layer).
-    pub max_abs_err: f32,
-    pub passed: bool,
-    pub outputs: Vec<TensorCmp>,
-    /// Per-layer comparisons in topological order.
-    pub layers: Vec<TensorCmp>,
-    /// The first layer (topological order) outside the tolerance.
-    pub first_diverging_layer: Option<String>,
-    /// `layer/<path>` keys not compared, with the reason.
-    pub skipped_layers: Vec<(String, String)>,
-    pub folded: Option<FoldReport>,
-}
-
-impl VerifyReport {
-    pub fn to_text(&self) -> String {
-        let mut s = format!(
-            "{} vs {} ({}): {}  max_abs_err {:.3e}  (atol {:e}, rtol {:e})\n",
-            self.model,
-            self.reference,
-            self.backend,
-            if self.passed { "PASS" } else { "FAIL" },
-            self.max_abs_err,
-            self.atol,
-            self.rtol
-        );
-        for o in &self.outputs {
-            s += &format!(
-                "  output {:<40} {:?} max_abs_err {:.3e} {}\n",
-                o.name,
-                o.shape,
-                o.max_abs_err,
-                if o.passed { "ok" } else { "FAIL" }
-            );
-        }
-        for l in &self.layers {
-            s += &format!(
-                "  layer  {:<40} {:?} max_abs_err {:.3e} {}\n",
-                l.name,
-                l.shape,
-                l.max_abs_err,
-                if l.passed { "ok" } else { "FAIL" }
-            );
-        }
-        for (k, why) in &self.skipped_layers {
-            s += &format!("  skipped {k}: {why}\n");
-        }
-        if let Some(f) = &self.first_diverging_layer {
-            s += &format!("first diverging layer: {f}\n");
-        }
-        s
-    }
-}
-
-fn max_err(cmps: &[TensorCmp]) -> f32 {
-    cmps.iter().fold(0f32, |m, c| {
-        if c.max_abs_err.is_nan() || m.is_nan() {
-            f32::NAN
-        } else {
-            m.max(c.max_abs_err)
-        }
-    })
-}
-
 /// Spatial size of a Keras-layout batch `shape` for the graph's first input.
 fn spatial_of(g: &Graph, shape: &[usize]) -> Option<Vec<usize>> {
     let inp = g.inputs.first()?;
@@ -120,24 +26,6 @@ fn spatial_of(g: &Graph, shape: &[usize]) -> Option<Vec<usize>> {
         DataFormat::ChannelsLast => shape[1..shape.len() - 1].to_vec(),
         DataFormat::ChannelsFirst => shape[2..].to_vec(),
     })
-}
-
-/// The reference inputs: `input` for one input, `input_0`, `input_1`... for several.
-pub fn reference_inputs(
-    refs: &BTreeMap<String, Array>,
-    n: usize,
-    path: &Path,
-) -> Result<Vec<Array>> {
-    let get = |k: &str| {
-        refs.get(k)
-            .cloned()
-            .ok_or_else(|| Error::Other(format!("{}: no `{k}` array", path.display())))
-    };
-    if n <= 1 {
-        Ok(vec![get("input")?])
-    } else {
-        (0..n).map(|i| get(&format!("input_{i}"))).collect()
-    }
 }
 
 /// Read a `.h5` (optionally folding BN), export with per-node outputs when
@@ -282,82 +170,6 @@ pub fn verify_h5(
     verify_graph(&g, &model.display().to_string(), reference, opts)
 }
 
-/// An `.onnx` file through tract: against `reference` (`input`/`output`) when given,
-/// else against its embedded test vectors.
-pub fn verify_onnx(
-    model: &Path,
-    reference: Option<&Path>,
-    opts: &VerifyOptions,
-) -> Result<VerifyReport> {
-    let bytes = std::fs::read(model).map_err(|e| Error::Io {
-        file: model.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let (inputs, want, ref_label) = match reference {
-        Some(r) => {
-            let refs = read_npz(r)?;
-            let n_inputs = meta::parse_model(&bytes)?.graph.input.len();
-            let i = reference_inputs(&refs, n_inputs, r)?;
-            let o = refs
-                .get("output")
-                .cloned()
-                .ok_or_else(|| Error::Other(format!("{}: no `output`", r.display())))?;
-            (i, o, r.display().to_string())
-        }
-        None => {
-            let proto = meta::parse_model(&bytes)?;
-            let src = meta::metadata(&proto)
-                .get(meta::TEST_SOURCE)
-                .cloned()
-                .unwrap_or_default();
-            let vectors = meta::test_vectors(&proto)
-                .map_err(|e| Error::Other(format!("{}: {e}", model.display())))?;
-            let (i, o) = vectors.ok_or_else(|| {
-                Error::Other(format!(
-                    "{}: no embedded test vectors; pass --reference io.npz",
-                    model.display()
-                ))
-            })?;
-            let label = if src == SELF_RUN {
-                "embedded test vectors (tract's own output at conversion: a regression check, not parity with Keras)".to_string()
-            } else {
-                format!("embedded test vectors ({src})")
-            };
-            (vec![i], o, label)
-        }
-    };
-    let shapes: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape.clone()).collect();
-    let data: Vec<&[f32]> = inputs.iter().map(|a| a.data.as_slice()).collect();
-    let m = TractModel::load_multi(&bytes, &shapes, opts.threads)?;
-    let outs = m.run_multi(&data)?;
-    let o = outs
-        .first()
-        .ok_or_else(|| Error::Other("the model has no output".into()))?;
-    let outputs = vec![compare(
-        "output",
-        &o.data,
-        &o.shape,
-        &want.data,
-        &want.shape,
-        opts.atol,
-        opts.rtol,
-    )];
-    Ok(VerifyReport {
-        model: model.display().to_string(),
-        reference: ref_label,
-        backend: "tract".into(),
-        atol: opts.atol,
-        rtol: opts.rtol,
-        max_abs_err: max_err(&outputs),
-        passed: outputs.iter().all(|c| c.passed),
-        outputs,
-        layers: vec![],
-        first_diverging_layer: None,
-        skipped_layers: vec![],
-        folded: None,
-    })
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct ConvertOptions {
     pub read: ReadOptions,
@@ -366,12 +178,41 @@ pub struct ConvertOptions {
     /// Genuine-Keras `io.npz`: its first batch item becomes the embedded test vector.
     pub reference: Option<PathBuf>,
     pub threads: usize,
+    /// Store the weights as float16 (half the file; computed in float32).
+    pub weights_f16: bool,
+}
+
+/// The model file `convert` writes, from the output's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Onnx,
+    /// tract's NNEF archive (`.nnef.tgz`), allconv's metadata inside.
+    Nnef,
+}
+
+impl OutputFormat {
+    /// `.onnx` or `.nnef.tgz` (also `.tgz`); `None` for anything else.
+    pub fn from_path(p: &Path) -> Option<OutputFormat> {
+        let name = p.file_name()?.to_string_lossy().to_ascii_lowercase();
+        if name.ends_with(".onnx") {
+            Some(OutputFormat::Onnx)
+        } else if name.ends_with(".nnef.tgz") || name.ends_with(".tgz") {
+            Some(OutputFormat::Nnef)
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ConvertReport {
     pub model: String,
     pub output: String,
+    pub format: OutputFormat,
+    /// `f32`, or `f16` with --weights f16 (`f16_initializers` of them converted).
+    pub weights: &'static str,
+    pub f16_initializers: usize,
     pub bytes: usize,
     pub opset: i64,
     pub onnx_nodes: usize,
@@ -383,10 +224,6 @@ pub struct ConvertReport {
     pub reference_max_abs_err: Option<f32>,
     pub folded: Option<FoldReport>,
 }
-
-/// `allconv.test_vector_source` of a vector that tract computed at conversion time: it
-/// catches a later change of runtime or file, but proves nothing about Keras.
-pub const SELF_RUN: &str = "tract_self_run";
 
 /// The genuine-Keras vectors of `--reference` for the graph being exported.
 ///
@@ -507,8 +344,53 @@ fn synthetic(n: usize, lo: f32, hi: f32) -> Vec<f32> {
         .collect()
 }
 
-/// `.h5` -> `.onnx` with metadata and test vectors, written atomically.
+/// The NNEF archive of a converted ONNX model, and how many constants it stores as f16.
+/// With float16 weights its embedded output is its own run on the test input (as for an
+/// f16 ONNX file), and its distance from `reference` (Keras's output) is recorded.
+fn nnef_file(
+    onnx: &[u8],
+    shape: Vec<usize>,
+    mut md: meta::Metadata,
+    weights_f16: bool,
+    reference: Option<&Array>,
+) -> Result<(Vec<u8>, usize)> {
+    use crate::runtime::{nnef, ModelFile};
+    let (typed, n) = nnef::typed_from_onnx(onnx, &[shape.clone()], weights_f16)?;
+    let archive = nnef::to_archive(&typed, &md)?;
+    if !weights_f16 {
+        return Ok((archive, n));
+    }
+    let input = crate::meta::test_vectors(&md)?
+        .map(|(i, _)| i)
+        .ok_or_else(|| Error::Other("internal: an NNEF export without a test input".into()))?;
+    let m = ModelFile::from_bytes(Path::new("model.nnef.tgz"), &archive)?.load(&[shape], 1)?;
+    let out = m
+        .run(&input.data)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Other("the exported model has no output".into()))?;
+    let got = Array {
+        shape: out.shape,
+        data: out.data,
+    };
+    if let Some(r) = reference {
+        let err = compare("output", &got.data, &got.shape, &r.data, &r.shape, 0.0, 0.0).max_abs_err;
+        md.insert(meta::F16_REFERENCE_ERR.into(), format!("{err:e}"));
+    }
+    md.insert(meta::TEST_OUTPUT.into(), meta::encode_array(&got));
+    md.insert(meta::TEST_SOURCE.into(), SELF_RUN.into());
+    md.insert(meta::WEIGHTS.into(), "f16".into());
+    Ok((nnef::to_archive(&typed, &md)?, n))
+}
+
+/// `.h5` -> `.onnx` (or `.nnef.tgz`) with metadata and test vectors, written atomically.
 pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    let format = OutputFormat::from_path(out).ok_or_else(|| {
+        Error::Other(format!(
+            "{}: the output must end in .onnx or .nnef.tgz",
+            out.display()
+        ))
+    })?;
     let g = read_model(model, &opts.read)?;
     let (g, folded) = if opts.fold_bn {
         let (g, r) = fold_batch_norm(&g)?;
@@ -520,7 +402,13 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     if eo.input_size.is_none() {
         eo.input_size = opts.read.input_size.clone();
     }
-    let ex = export(&g, &eo)?;
+    let mut ex = export(&g, &eo)?;
+    // f16 in ONNX: FLOAT16 initializers + Cast. NNEF rounds its own (decluttered) constants.
+    let onnx_f16 = opts.weights_f16 && format == OutputFormat::Onnx;
+    let mut f16_initializers = match (onnx_f16, ex.model.graph.as_mut()) {
+        (true, Some(graph)) => crate::onnx::f16::store_weights_f16(graph),
+        _ => 0,
+    };
     let mut proto = ex.model.clone();
     let sha = sha256_file(model)?;
     meta::set_metadata(&mut proto, meta::SOURCE_SHA256, sha.clone());
@@ -539,10 +427,18 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
 
     // Test vectors.
     let mut source = "none".to_string();
-    let mut ref_err = None;
+    let mut ref_err: Option<f32> = None;
     let mut vectors: Option<(Array, Array)> = None;
     match &opts.reference {
         Some(r) => {
+            if g.inputs.len() != 1 {
+                return Err(Error::Other(format!(
+                    "{}: the model has {} inputs; embedded test vectors hold one (convert without --reference, and verify with `allconv verify MODEL.h5 --reference {}`)",
+                    model.display(),
+                    g.inputs.len(),
+                    r.display()
+                )));
+            }
             let refs = read_npz(r)?;
             let (i, o) = reference_vectors(&refs, r, &eo)?;
             let (i, o) = (first_items(&i, 1), first_items(&o, 1));
@@ -552,17 +448,31 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
                 .first()
                 .ok_or_else(|| Error::Other("the exported model has no output".into()))?;
             let err = compare("output", &t.data, &t.shape, &o.data, &o.shape, 0.0, 0.0).max_abs_err;
-            // A reference the converted model does not reproduce is not embedded as one.
-            if !(err <= DEFAULT_ATOL) {
-                return Err(Error::Other(format!(
-                    "{}: the converted model's output differs from the reference {} by {err:.3e} (> {DEFAULT_ATOL:e}); nothing written",
-                    model.display(),
-                    r.display()
-                )));
-            }
             ref_err = Some(err);
-            vectors = Some((i, o));
-            source = "keras_reference".into();
+            if onnx_f16 {
+                // Float16 weights are not the model Keras ran: their error against Keras is
+                // measured and recorded, and the vector embedded is this file's own output
+                // on Keras's input (a regression check, labelled as one).
+                vectors = Some((
+                    i,
+                    Array {
+                        shape: t.shape.clone(),
+                        data: t.data.clone(),
+                    },
+                ));
+                source = SELF_RUN.into();
+            } else {
+                // A reference the converted model does not reproduce is not embedded as one.
+                if !(err <= DEFAULT_ATOL) {
+                    return Err(Error::Other(format!(
+                        "{}: the converted model's output differs from the reference {} by {err:.3e} (> {DEFAULT_ATOL:e}); nothing written",
+                        model.display(),
+                        r.display()
+                    )));
+                }
+                vectors = Some((i, o));
+                source = "keras_reference".into();
+            }
         }
         _ => {
             // tract's own run on a deterministic input, when the size is known.
@@ -623,16 +533,55 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
         meta::set_metadata(&mut proto, meta::TEST_OUTPUT, meta::encode_array(o));
     }
     meta::set_metadata(&mut proto, meta::TEST_SOURCE, source.clone());
+    if onnx_f16 {
+        meta::set_metadata(&mut proto, meta::WEIGHTS, "f16".into());
+        if let Some(e) = ref_err {
+            meta::set_metadata(&mut proto, meta::F16_REFERENCE_ERR, format!("{e:e}"));
+        }
+    }
     let final_bytes = crate::onnx::Exported {
         model: proto.clone(),
         ..ex
     }
     .to_bytes()?;
+    let final_bytes = match format {
+        OutputFormat::Onnx => final_bytes,
+        OutputFormat::Nnef => {
+            // NNEF holds one fixed input shape: the test vector's (batch 1).
+            let shape = vectors
+                .as_ref()
+                .map(|(i, _)| i.shape.clone())
+                .ok_or_else(|| {
+                    Error::Other(format!(
+                        "{}: NNEF needs a fixed input size; give --input-size HxW",
+                        model.display()
+                    ))
+                })?;
+            let (bytes, n) = nnef_file(
+                &final_bytes,
+                shape,
+                meta::metadata(&proto),
+                opts.weights_f16,
+                opts.reference
+                    .as_ref()
+                    .and(vectors.as_ref().map(|(_, o)| o)),
+            )?;
+            f16_initializers = n;
+            if opts.weights_f16 && ref_err.is_some() {
+                let md = crate::runtime::ModelFile::from_bytes(out, &bytes)?.metadata;
+                ref_err = md.get(meta::F16_REFERENCE_ERR).and_then(|e| e.parse().ok());
+            }
+            bytes
+        }
+    };
     write_atomic(out, &final_bytes)?;
     let graph = proto.graph.as_ref();
     Ok(ConvertReport {
         model: model.display().to_string(),
         output: out.display().to_string(),
+        format,
+        weights: if opts.weights_f16 { "f16" } else { "f32" },
+        f16_initializers,
         bytes: final_bytes.len(),
         opset: eo.opset,
         onnx_nodes: graph.map(|g| g.node.len()).unwrap_or(0),

@@ -1,0 +1,88 @@
+//! `allconv bench`: conversion time (full build) and tract latency, measured, never asserted.
+
+use crate::{fail, parse_size, Size};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand)]
+pub enum BenchCmd {
+    /// Time .h5 -> .onnx on disk (median of --repeats).
+    #[cfg(feature = "keras")]
+    Convert {
+        #[command(flatten)]
+        model: crate::ModelArgs,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time tract on an .onnx or .nnef.tgz at a fixed input shape, e.g. --shape 1x1152x896x3.
+    Run {
+        model: PathBuf,
+        #[arg(long, value_parser = parse_size)]
+        shape: Size,
+        /// Threads for tract (default: every available core).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main(cmd: BenchCmd) -> ExitCode {
+    use allconv::bench::bench_run;
+    let (json, result) = match cmd {
+        #[cfg(feature = "keras")]
+        BenchCmd::Convert {
+            model,
+            output,
+            repeats,
+            json,
+        } => {
+            use allconv::bench::bench_convert;
+            let export = allconv::onnx::ExportOptions {
+                input_size: model.input_size.clone().filter(|s| !s.is_empty()),
+                ..Default::default()
+            };
+            let r =
+                bench_convert(&model.model, &model.options(), &export, &output, repeats).map(|r| {
+                    let text = format!(
+                        "convert {}: {:.3} s (median of {}), {} bytes, peak {:.0} MiB\n",
+                        r.model, r.convert_s, r.repeats, r.onnx_bytes, r.peak_mb
+                    );
+                    (serde_json::to_value(&r), text)
+                });
+            (json, r)
+        }
+        BenchCmd::Run {
+            model,
+            shape,
+            threads,
+            runs,
+            json,
+        } => {
+            let threads = threads.unwrap_or_else(allconv::runtime::default_threads);
+            let r = bench_run(&model, &shape, threads, runs).map(|r| {
+                let text = format!("tract {} {:?}, {} threads: {:.1} ms (median of {}), load {:.2} s, first result {:.2} s, peak {:.0} MiB\n", r.model, r.input_shape, r.threads, r.latency_ms, r.runs, r.load_s, r.first_result_s, r.peak_mb);
+                (serde_json::to_value(&r), text)
+            });
+            (json, r)
+        }
+    };
+    match result {
+        Ok((Ok(v), text)) => {
+            if json {
+                outln!("{v}");
+            } else {
+                out!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((Err(e), _)) => fail(json, e),
+        Err(e) => fail(json, e),
+    }
+}
