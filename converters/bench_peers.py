@@ -58,20 +58,24 @@ def main():
     elif kind == "ort":
         import onnxruntime as ort
         path, hw, threads, runs = sys.argv[2], size(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+        t0 = time.perf_counter()
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        load_s = time.perf_counter() - t0
         inp = sess.get_inputs()[0]
         c = inp.shape[-1] if isinstance(inp.shape[-1], int) else 3
         x = make_input(hw[0], hw[1], c)
         sess.run(None, {inp.name: x})
+        first_result_s = time.perf_counter() - t0
         times = []
         for _ in range(runs):
             t = time.perf_counter()
             sess.run(None, {inp.name: x})
             times.append(time.perf_counter() - t)
         print(json.dumps({"peer": "onnxruntime " + ort.__version__, "latency_ms": 1000 * median(times),
+                          "load_s": load_s, "first_result_s": first_result_s,
                           "runs": runs, "threads": threads, "peak_mb": peak_mb()}))
     elif kind == "tf":
         import tensorflow as tf

@@ -35,6 +35,16 @@ $bin convert $case/model.h5 -o $out/whole.onnx --input-size 225x177 \
 step "5. The ONNX file carries genuine Keras's numbers: verify needs nothing else"
 $bin verify $out/whole.onnx
 
+step "5b. The same model for a device: tract's NNEF (metadata and test vectors inside), float16 weights"
+# scripts/cross.sh aarch64-unknown-linux-gnu builds the inference-only binary that runs
+# these files on ARM; tests/edge_cross.rs runs it under qemu.
+$bin convert $case/model.h5 -o $out/whole.nnef.tgz --input-size 225x177 \
+    --preprocess rescale=0.0078125,mean=0.5,gray --tta flips4 --reference $case/prep_tta.npz
+$bin verify $out/whole.nnef.tgz
+$bin convert $case/model.h5 -o $out/whole_f16.onnx --input-size 225x177 --weights f16 \
+    --preprocess rescale=0.0078125,mean=0.5,gray --tta flips4 --reference $case/prep_tta.npz
+ls -l $out/whole.onnx $out/whole.nnef.tgz $out/whole_f16.onnx
+
 step "6. Predict on real mammograms (mini-MIAS): 8-bit PGM, PNG, JPEG and DICOM MONOCHROME1 with the in-graph pipeline"
 $bin predict $out/whole.onnx fixtures/images/mdb001.pgm fixtures/images/mdb028.pgm \
     fixtures/images/mdb028_8.png fixtures/images/mdb028.jpg fixtures/images/mdb028_m1.dcm

@@ -70,30 +70,38 @@ pub struct VerifyReport {
 impl VerifyReport {
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "{} vs {} ({}): {}  max_abs_err {:.3e}  (atol {:e}, rtol {:e})\n",
+            "{} vs {} ({}): {}  max_abs_err {:.3e}  ({})\n",
             self.model,
             self.reference,
             self.backend,
             if self.passed { "PASS" } else { "FAIL" },
             self.max_abs_err,
-            self.atol,
-            self.rtol
+            if self.layers.is_empty() {
+                super::bound_text(self.atol, self.rtol)
+            } else {
+                format!(
+                    "over outputs and layers; outputs held to {}, each layer to the bound on its row",
+                    super::bound_text(self.atol, self.rtol)
+                )
+            }
         );
         for o in &self.outputs {
             s += &format!(
-                "  output {:<40} {:?} max_abs_err {:.3e} {}\n",
+                "  output {:<40} {:?} max_abs_err {:.3e} ({}) {}\n",
                 o.name,
                 o.shape,
                 o.max_abs_err,
+                super::bound_text(o.atol, o.rtol),
                 if o.passed { "ok" } else { "FAIL" }
             );
         }
         for l in &self.layers {
             s += &format!(
-                "  layer  {:<40} {:?} max_abs_err {:.3e} {}\n",
+                "  layer  {:<40} {:?} max_abs_err {:.3e} ({}) {}\n",
                 l.name,
                 l.shape,
                 l.max_abs_err,
+                super::bound_text(l.atol, l.rtol),
                 if l.passed { "ok" } else { "FAIL" }
             );
         }

@@ -31,6 +31,9 @@ pub struct TensorCmp {
     /// Values outside the tolerance (NaN counts).
     pub n_bad: usize,
     pub passed: bool,
+    /// The bound this tensor was held to: `|got - ref| <= atol + rtol * |ref|`.
+    pub atol: f32,
+    pub rtol: f32,
 }
 
 /// The tolerance for one intermediate activation: `atol`, or with `scaled`,
@@ -69,6 +72,8 @@ pub fn compare(
             max_abs_err: f32::INFINITY,
             n_bad: got.len().max(want.len()),
             passed: false,
+            atol,
+            rtol,
         };
     }
     let mut max = 0f32;
@@ -90,5 +95,17 @@ pub fn compare(
         max_abs_err: max,
         n_bad: bad,
         passed: bad == 0,
+        atol,
+        rtol,
+    }
+}
+
+/// `atol 1e-4` or `atol 1e-4 + 1e-3 x |ref|`: the bound a figure was held to, printed
+/// beside it.
+pub fn bound_text(atol: f32, rtol: f32) -> String {
+    if rtol == 0.0 {
+        format!("atol {atol:.3e}")
+    } else {
+        format!("atol {atol:.3e} + {rtol:e} x |ref|")
     }
 }
