@@ -41,9 +41,14 @@ rustup target list --installed | grep -qx "$target" || rustup target add "$targe
 t_upper=$(echo "$target" | tr 'a-z-' 'A-Z_')
 t_lower=$(echo "$target" | tr '-' '_')
 export "CC_${t_lower}=$cc"
-export "CARGO_TARGET_${t_upper}_LINKER=$cc"
 case "$target" in
-  # musl targets link Rust's own self-contained musl: one static file.
+  # Rust links its own self-contained musl (crt objects and libc.a): one static file.
+  # musl-gcc as the linker would turn that into a dynamic PIE asking for ld-musl (seen
+  # here: it segfaulted at start), so x86_64 keeps the host cc as the linker driver.
+  x86_64-unknown-linux-musl) ;;
+  *) export "CARGO_TARGET_${t_upper}_LINKER=$cc" ;;
+esac
+case "$target" in
   *-musl) export "CARGO_TARGET_${t_upper}_RUSTFLAGS=-C target-feature=+crt-static" ;;
 esac
 

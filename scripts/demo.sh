@@ -45,9 +45,11 @@ $bin convert $case/model.h5 -o $out/whole_f16.onnx --input-size 225x177 --weight
     --preprocess rescale=0.0078125,mean=0.5,gray --tta flips4 --reference $case/prep_tta.npz
 ls -l $out/whole.onnx $out/whole.nnef.tgz $out/whole_f16.onnx
 
-step "6. Predict on real mammograms (mini-MIAS): 8-bit PGM, PNG, JPEG and DICOM MONOCHROME1 with the in-graph pipeline"
+step "6. Predict on real mammograms (mini-MIAS): 8-bit PGM, PNG, JPEG with the in-graph pipeline; 12-bit DICOM MONOCHROME1 at its own scale"
 $bin predict $out/whole.onnx fixtures/images/mdb001.pgm fixtures/images/mdb028.pgm \
-    fixtures/images/mdb028_8.png fixtures/images/mdb028.jpg fixtures/images/mdb028_m1.dcm
+    fixtures/images/mdb028_8.png fixtures/images/mdb028.jpg
+# The DICOM holds 16x the 8-bit values in 12 stored bits: the same scaling, divided by 16.
+$bin predict $out/whole.onnx fixtures/images/mdb028_m1.dcm --preprocess rescale=0.00048828125,mean=0.5,gray
 
 step "6b. 16-bit PNG, PGM and TIFF: --preprocess overrides the file's parameters (16-bit scale)"
 $bin predict $out/whole.onnx fixtures/images/mdb001_16.png fixtures/images/mdb001_16.pgm \

@@ -85,24 +85,15 @@ impl VerifyReport {
                 )
             }
         );
-        for o in &self.outputs {
+        let rows = self.outputs.iter().map(|c| ("output", c));
+        for (kind, c) in rows.chain(self.layers.iter().map(|c| ("layer ", c))) {
             s += &format!(
-                "  output {:<40} {:?} max_abs_err {:.3e} ({}) {}\n",
-                o.name,
-                o.shape,
-                o.max_abs_err,
-                super::bound_text(o.atol, o.rtol),
-                if o.passed { "ok" } else { "FAIL" }
-            );
-        }
-        for l in &self.layers {
-            s += &format!(
-                "  layer  {:<40} {:?} max_abs_err {:.3e} ({}) {}\n",
-                l.name,
-                l.shape,
-                l.max_abs_err,
-                super::bound_text(l.atol, l.rtol),
-                if l.passed { "ok" } else { "FAIL" }
+                "  {kind} {:<40} {:?} max_abs_err {:.3e} ({}) {}\n",
+                c.name,
+                c.shape,
+                c.max_abs_err,
+                super::bound_text(c.atol, c.rtol),
+                if c.passed { "ok" } else { "FAIL" }
             );
         }
         for (k, why) in &self.skipped_layers {
