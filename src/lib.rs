@@ -6,6 +6,9 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod files;
+#[cfg(feature = "keras")]
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod ir;
 #[cfg(feature = "keras")]
 pub mod keras;

@@ -1,0 +1,7 @@
+//! The Keras architecture JSON. See allconv::fuzz_entry.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    allconv::fuzz_entry::keras_config(data);
+});

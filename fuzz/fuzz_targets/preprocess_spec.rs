@@ -1,0 +1,7 @@
+//! `--preprocess` and `--tta` specs. See allconv::fuzz_entry.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    allconv::fuzz_entry::preprocess_spec(data);
+});
