@@ -40,12 +40,14 @@ rustup target list --installed | grep -qx "$target" || rustup target add "$targe
 # cargo's per-target variables: the C compiler (cc crate) and the linker.
 t_upper=$(echo "$target" | tr 'a-z-' 'A-Z_')
 t_lower=$(echo "$target" | tr '-' '_')
-export "CC_${t_lower}=$cc"
+# The host's own target keeps cargo's defaults: setting CC_x86_64_unknown_linux_gnu would
+# change the build scripts' fingerprints and rebuild every other target next time.
+[ "$target" = x86_64-unknown-linux-gnu ] || export "CC_${t_lower}=$cc"
 case "$target" in
   # Rust links its own self-contained musl (crt objects and libc.a): one static file.
   # musl-gcc as the linker would turn that into a dynamic PIE asking for ld-musl (seen
   # here: it segfaulted at start), so x86_64 keeps the host cc as the linker driver.
-  x86_64-unknown-linux-musl) ;;
+  x86_64-unknown-linux-musl | x86_64-unknown-linux-gnu) ;;
   *) export "CARGO_TARGET_${t_upper}_LINKER=$cc" ;;
 esac
 case "$target" in

@@ -54,15 +54,18 @@ for c in k208_yaroslav_patch k208_seq_1d tfk_sequential; do
 done
 rm -rf "$tmp"
 
+# One build of every target (ASan, release, line tables), then each binary runs directly.
+(cd fuzz && cargo +nightly fuzz build --release) >&2
+bins=fuzz/target/x86_64-unknown-linux-gnu/release
 report=fuzz/report.tsv; : > "$report"
 for t in $targets; do
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   log="fuzz/$t.log"
   echo "fuzz.sh: $t for ${secs}s" >&2
   set +e
-  (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" "../$seeds/$t" -- \
+  "$bins/$t" "fuzz/corpus/$t" "$seeds/$t" \
       -max_total_time="$secs" -max_len=$((4 << 20)) -rss_limit_mb=4096 -timeout=20 \
-      -print_final_stats=1 -artifact_prefix="artifacts/$t/") > "$log" 2>&1
+      -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" > "$log" 2>&1
   rc=$?
   set -e
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)

@@ -145,6 +145,13 @@ fn fail(json: bool, err: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "keras")]
+    allconv::keras::hang_guard::arm(
+        std::env::var("ALLCONV_H5_DEADLINE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(allconv::keras::hang_guard::DEFAULT_DEADLINE_S),
+    );
     match cli.command {
         Command::Predict(args) => predict::main(args),
         Command::Verify(args) => cli::verify::main(args),

@@ -33,6 +33,7 @@ pub struct ReadOptions {
 
 /// Read a Keras `.h5` file into the IR.
 pub fn read_model(path: &Path, opts: &ReadOptions) -> Result<Graph> {
+    let _deadline = super::hang_guard::Guard::start(path);
     let file = H5File::open(path)?;
     let bad = |what: &str, message: String| Error::BadFormat {
         file: path.to_path_buf(),

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod h5;
+pub mod hang_guard;
 pub mod import;
 pub mod layers;
 pub mod weights;
