@@ -57,7 +57,7 @@ model=build/bench/k208_full_resnet50_whole_resnet_tf.h5
 [ -f "$model" ] || bash converters/make_all.sh --bench
 full=target/release/allconv; edge=target/x86_64-unknown-linux-gnu/edge/allconv
 size=1152x896; shape=1x1152x896x3
-for f in full.onnx full.nnef.tgz; do
+for f in full.onnx full.nnef.tar full.nnef.tgz; do
   [ -f "$out/$f" ] || $full convert "$model" -o "$out/$f" --input-size $size >/dev/null
   g="${f/full/full_f16}"
   [ -f "$out/$g" ] || $full convert "$model" -o "$out/$g" --input-size $size --weights f16 >/dev/null
@@ -78,7 +78,7 @@ PY
 }
 : > "$out/first.jsonl"
 for i in $(seq "$repeats"); do
-  for f in full.onnx full.nnef.tgz full_f16.onnx full_f16.nnef.tgz; do
+  for f in full.onnx full.nnef.tar full.nnef.tgz full_f16.onnx full_f16.nnef.tar; do
     cold "edge $f" $edge bench run "$out/$f" --shape $shape --threads "$threads" --runs 1 --json
     cold "full $f" $full bench run "$out/$f" --shape $shape --threads "$threads" --runs 1 --json
   done
@@ -96,7 +96,7 @@ for line in open(os.path.join(d, "sizes.tsv")):
     name, target, n = line.rstrip("\n").split("\t")
     rows.append(f"| {name} | {target} | {n} | {int(n)/2**20:.1f} |" if n.isdigit() else f"| {name} | {target} | {n} | |")
 files = ["", "| model file (1152x896) | bytes | MiB |", "|---|---|---|"]
-for f in ("full.onnx", "full.nnef.tgz", "full_f16.onnx", "full_f16.nnef.tgz"):
+for f in ("full.onnx", "full.nnef.tar", "full.nnef.tgz", "full_f16.onnx", "full_f16.nnef.tar", "full_f16.nnef.tgz"):
     n = os.path.getsize(os.path.join(d, f))
     files.append(f"| {f} | {n} | {n/2**20:.1f} |")
 runs = {}
@@ -104,7 +104,7 @@ for l in open(os.path.join(d, "first.jsonl")):
     r = json.loads(l); runs.setdefault(r["label"], []).append(r)
 med = lambda rs, k: statistics.median(r[k] for r in rs if r[k] is not None) if any(r[k] is not None for r in rs) else float("nan")
 ort = med(runs["onnxruntime full.onnx"], "first_result_s")
-first = ["", f"| time to first result, 1x1152x896x3, {threads} threads, median of {repeats} cold processes | whole process (s) | load + optimise (s) | load + first run, in-process (s) | ratio to onnxruntime (in-process) | peak RSS (MiB) |", "|---|---|---|---|---|---|"]
+first = ["", f"| time to first result, 1x1152x896x3, {threads} threads, median of {repeats} cold processes | whole process: load, first run, one more run (s) | read + optimise (s) | time to first result: read + optimise + first run (s) | ratio to onnxruntime | peak RSS (MiB) |", "|---|---|---|---|---|---|"]
 for label, rs in runs.items():
     f = med(rs, "first_result_s")
     first.append(f"| {label} | {med(rs, 'wall_s'):.2f} | {med(rs, 'load_s'):.2f} | {f:.2f} | {f/ort:.2f} | {med(rs, 'peak_mb'):.0f} |")

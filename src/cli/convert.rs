@@ -10,7 +10,7 @@ use std::process::ExitCode;
 pub struct ConvertArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Output file: .onnx, .nnef.tgz (tract's NNEF, for devices), .h5 (Keras file in the
+    /// Output file: .onnx, .nnef.tar / .nnef.tgz (tract's NNEF, for devices), .h5 (Keras file in the
     /// source's dialect) or .safetensors.
     #[arg(short, long)]
     output: PathBuf,
@@ -80,7 +80,7 @@ pub fn main(a: ConvertArgs) -> ExitCode {
     use allconv::verify::{convert, ConvertOptions};
     let json = a.json;
     match a.output.extension().and_then(|e| e.to_str()) {
-        Some("onnx" | "tgz") => {}
+        Some("onnx" | "tgz" | "tar") => {}
         Some(ext @ ("h5" | "safetensors")) => {
             if a.weights != "f32" {
                 return fail(json, "--weights f16 applies to .onnx and .nnef.tgz output");
@@ -91,7 +91,7 @@ pub fn main(a: ConvertArgs) -> ExitCode {
             return fail(
                 json,
                 format!(
-                    "{}: output must be .onnx, .nnef.tgz, .h5 or .safetensors",
+                    "{}: output must be .onnx, .nnef.tar, .nnef.tgz, .h5 or .safetensors",
                     a.output.display()
                 ),
             )

@@ -187,18 +187,22 @@ pub struct ConvertOptions {
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     Onnx,
-    /// tract's NNEF archive (`.nnef.tgz`), allconv's metadata inside.
-    Nnef,
+    /// tract's NNEF archive (`.nnef.tar`, or gzip'd `.nnef.tgz`), allconv's metadata inside.
+    Nnef {
+        gzip: bool,
+    },
 }
 
 impl OutputFormat {
-    /// `.onnx` or `.nnef.tgz` (also `.tgz`); `None` for anything else.
+    /// `.onnx`, `.nnef.tar` or `.nnef.tgz` (also `.tgz`); `None` for anything else.
     pub fn from_path(p: &Path) -> Option<OutputFormat> {
         let name = p.file_name()?.to_string_lossy().to_ascii_lowercase();
         if name.ends_with(".onnx") {
             Some(OutputFormat::Onnx)
         } else if name.ends_with(".nnef.tgz") || name.ends_with(".tgz") {
-            Some(OutputFormat::Nnef)
+            Some(OutputFormat::Nnef { gzip: true })
+        } else if name.ends_with(".nnef.tar") {
+            Some(OutputFormat::Nnef { gzip: false })
         } else {
             None
         }
@@ -348,6 +352,7 @@ fn synthetic(n: usize, lo: f32, hi: f32) -> Vec<f32> {
 /// With float16 weights its embedded output is its own run on the test input (as for an
 /// f16 ONNX file), and its distance from `reference` (Keras's output) is recorded.
 fn nnef_file(
+    gzip: bool,
     onnx: &[u8],
     shape: Vec<usize>,
     mut md: meta::Metadata,
@@ -356,14 +361,14 @@ fn nnef_file(
 ) -> Result<(Vec<u8>, usize)> {
     use crate::runtime::{nnef, ModelFile};
     let (typed, n) = nnef::typed_from_onnx(onnx, &[shape.clone()], weights_f16)?;
-    let archive = nnef::to_archive(&typed, &md)?;
+    let archive = nnef::to_archive(&typed, &md, gzip)?;
     if !weights_f16 {
         return Ok((archive, n));
     }
     let input = crate::meta::test_vectors(&md)?
         .map(|(i, _)| i)
         .ok_or_else(|| Error::Other("internal: an NNEF export without a test input".into()))?;
-    let m = ModelFile::from_bytes(Path::new("model.nnef.tgz"), &archive)?.load(&[shape], 1)?;
+    let m = ModelFile::from_bytes(Path::new("model.nnef.tar"), &archive)?.load(&[shape], 1)?;
     let out = m
         .run(&input.data)?
         .into_iter()
@@ -380,14 +385,14 @@ fn nnef_file(
     md.insert(meta::TEST_OUTPUT.into(), meta::encode_array(&got));
     md.insert(meta::TEST_SOURCE.into(), SELF_RUN.into());
     md.insert(meta::WEIGHTS.into(), "f16".into());
-    Ok((nnef::to_archive(&typed, &md)?, n))
+    Ok((nnef::to_archive(&typed, &md, gzip)?, n))
 }
 
 /// `.h5` -> `.onnx` (or `.nnef.tgz`) with metadata and test vectors, written atomically.
 pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     let format = OutputFormat::from_path(out).ok_or_else(|| {
         Error::Other(format!(
-            "{}: the output must end in .onnx or .nnef.tgz",
+            "{}: the output must end in .onnx, .nnef.tar or .nnef.tgz",
             out.display()
         ))
     })?;
@@ -546,7 +551,7 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     .to_bytes()?;
     let final_bytes = match format {
         OutputFormat::Onnx => final_bytes,
-        OutputFormat::Nnef => {
+        OutputFormat::Nnef { gzip } => {
             // NNEF holds one fixed input shape: the test vector's (batch 1).
             let shape = vectors
                 .as_ref()
@@ -558,6 +563,7 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
                     ))
                 })?;
             let (bytes, n) = nnef_file(
+                gzip,
                 &final_bytes,
                 shape,
                 meta::metadata(&proto),
