@@ -49,6 +49,7 @@ impl H5File {
             return Err(io("not a regular file".into()));
         }
         check_signature(path)?;
+        check_global_heaps(path)?;
         hdf5::sync::sync(|| unsafe {
             H5PLset_loading_state(0);
         });
@@ -294,6 +295,90 @@ impl H5File {
 /// Open read-only without HDF5's advisory file lock: a reader needs none, and the lock
 /// fails spuriously (`unable to lock file`) while any other handle holds the file, such as
 /// a writer in this process or Keras in another.
+/// HDF5 1.14's global-heap decoder (`H5HG__cache_heap_deserialize`) loops forever on a
+/// free-space object (index 0) of length 0: for index 0 it advances by the object's
+/// length alone, so the cursor returns to the object's start. Fuzzing found it (the
+/// reproducers are `tests/fuzz_regressions/h5/hang-*.h5`; variable-length string
+/// attributes live in global heaps). Every global heap collection in the file (`GCOL`,
+/// 8-byte lengths, as h5py writes) is walked the way HDF5 walks it, and a file with that
+/// object is refused before HDF5 sees it. A collection that HDF5 would reject anyway
+/// (overflow, bad version) ends the walk.
+fn check_global_heaps(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    const HEADER: u64 = 16; // "GCOL", version, 3 reserved, 8-byte collection size
+    const MAX_COLLECTION: u64 = 64 << 20;
+    let io = |e: std::io::Error| Error::Io {
+        file: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    // Find every "GCOL" in chunks that overlap by 3 bytes.
+    let mut offsets = vec![];
+    let mut buf = vec![0u8; 8 << 20];
+    let mut base = 0u64;
+    loop {
+        f.seek(SeekFrom::Start(base)).map_err(io)?;
+        let n = f.read(&mut buf).map_err(io)?;
+        if n < 4 {
+            break;
+        }
+        offsets.extend(
+            buf[..n]
+                .windows(4)
+                .enumerate()
+                .filter(|(_, w)| w == b"GCOL")
+                .map(|(i, _)| base + i as u64),
+        );
+        if base + (n as u64) >= len {
+            break;
+        }
+        base += n as u64 - 3;
+    }
+    for o in offsets {
+        let mut head = [0u8; HEADER as usize];
+        f.seek(SeekFrom::Start(o)).map_err(io)?;
+        if f.read_exact(&mut head).is_err() || head[4] != 1 {
+            continue;
+        }
+        let size = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default());
+        if size < HEADER || size > MAX_COLLECTION || o.saturating_add(size) > len {
+            continue;
+        }
+        let mut heap = vec![0u8; size as usize];
+        f.seek(SeekFrom::Start(o)).map_err(io)?;
+        f.read_exact(&mut heap).map_err(io)?;
+        let end = heap.len();
+        let mut p = HEADER as usize;
+        while p < end {
+            if p + HEADER as usize > end {
+                break; // HDF5 takes the rest as free space and stops
+            }
+            let idx = u16::from_le_bytes([heap[p], heap[p + 1]]);
+            let obj = u64::from_le_bytes(heap[p + 8..p + 16].try_into().unwrap_or_default());
+            let need = if idx > 0 {
+                obj.checked_add(7).map(|v| HEADER + (v & !7))
+            } else {
+                Some(obj)
+            };
+            match need {
+                Some(0) => {
+                    return Err(Error::UnsafeHdf5 {
+                        file: path.to_path_buf(),
+                        object: format!("global heap collection at byte {o}"),
+                        reason:
+                            "a free-space object of length 0, on which HDF5's decoder loops forever"
+                                .into(),
+                    })
+                }
+                Some(n) if (p as u64).saturating_add(n) <= end as u64 => p += n as usize,
+                _ => break, // HDF5 reports an overflow itself
+            }
+        }
+    }
+    Ok(())
+}
+
 fn open_read_only_unlocked(path: &Path) -> hdf5::Result<hdf5::File> {
     use hdf5_sys::h5f::{H5Fopen, H5F_ACC_RDONLY};
     use hdf5_sys::h5p::{H5Pclose, H5Pcreate, H5Pset_file_locking, H5P_CLS_FILE_ACCESS};

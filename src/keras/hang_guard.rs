@@ -1,11 +1,11 @@
-//! A deadline on reading one `.h5` file. Fuzzing found a malformed file that sends the
-//! HDF5 C library into an endless loop (a corrupt global heap behind a variable-length
-//! string attribute: `H5HG__cache_heap_deserialize`; reproducer
-//! `tests/fuzz_regressions/h5/hang-global-heap.h5`). Nothing in Rust can stop a thread
-//! looping inside C, so the command-line tool arms this guard: when a read overruns the
-//! deadline, it prints an error naming the file and ends the process with status 1,
-//! instead of hanging forever. Library users who read untrusted files can arm it too, or
-//! read them in a child process.
+//! A deadline on reading one `.h5` file: the second line of defence against HDF5's C code
+//! looping forever on a malformed file. Fuzzing found one such loop (a corrupt global
+//! heap: `H5HG__cache_heap_deserialize`, reproducers `tests/fuzz_regressions/h5/hang-*.h5`),
+//! which `h5::check_global_heaps` now refuses before HDF5 reads the file; others may
+//! exist. Nothing in Rust can stop a thread looping inside C, so the command-line tool
+//! arms this guard: when a read overruns the deadline, it prints an error naming the file
+//! and ends the process with status 1 instead of hanging. Library users who read
+//! untrusted files can arm it too, or read them in a child process.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
