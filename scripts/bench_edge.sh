@@ -47,7 +47,7 @@ for i in z.infolist():
 PY
 fi
 if [ "${ALLCONV_BENCH_TRACT_CLI:-0}" = 1 ]; then
-  [ -x build/tract-cli/bin/tract ] || cargo install -q tract --version =0.23.9 --root build/tract-cli
+  [ -x build/tract-cli/bin/tract ] || cargo install -q tract-cli --version =0.23.9 --root build/tract-cli
   strip -o "$out/tract-cli" build/tract-cli/bin/tract
   printf 'tract CLI 0.23.9\tx86_64-unknown-linux-gnu\t%s\n' "$(stat -c %s "$out/tract-cli")" >> "$out/sizes.tsv"
 fi

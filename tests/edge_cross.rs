@@ -20,7 +20,7 @@ use std::process::Command;
 /// Agreement between architectures on a probability (the bound). float32 kernels
 /// that sum in another order differ by a few ulps per product-sum; through this ResNet50
 /// the probabilities moved by 3.0e-6 on armv7 and not at all on aarch64 and x86_64 musl
-/// (measured on an AVX2 EPYC host, printed below). A wrong kernel, layout or
+/// (measured on this project's AMD EPYC host, printed below). A wrong kernel, layout or
 /// preprocessing moves them by 1e-2 or more.
 const CROSS_ATOL: f64 = 1e-5;
 

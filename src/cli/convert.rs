@@ -77,7 +77,7 @@ fn write_keras_cmd(a: &ConvertArgs, h5: bool) -> ExitCode {
 
 pub fn main(a: ConvertArgs) -> ExitCode {
     use allconv::onnx::{ExportOptions, InGraphPreprocess, Tta};
-    use allconv::verify::{convert, ConvertOptions};
+    use allconv::verify::{convert, ConvertOptions, OutputFormat};
     let json = a.json;
     match a.output.extension().and_then(|e| e.to_str()) {
         Some("onnx" | "tgz" | "tar") => {}
@@ -129,9 +129,13 @@ pub fn main(a: ConvertArgs) -> ExitCode {
         Ok(r) => {
             let text = || {
                 format!(
-                    "wrote {} ({:?}, {} weights, {} bytes; ONNX opset {}, {} nodes, {} initializers); test vectors: {}{}\n",
+                    "wrote {} ({}, {} weights, {} bytes; ONNX opset {}, {} nodes, {} initializers); test vectors: {}{}\n",
                     r.output,
-                    r.format,
+                    match r.format {
+                        OutputFormat::Onnx => "ONNX",
+                        OutputFormat::Nnef { gzip: false } => "NNEF tar",
+                        OutputFormat::Nnef { gzip: true } => "NNEF tar.gz",
+                    },
                     r.weights,
                     r.bytes,
                     r.opset,
