@@ -18,6 +18,10 @@ pub const FOLDED: &str = "allconv.folded_layers";
 pub const TEST_INPUT: &str = "allconv.test_input";
 pub const TEST_OUTPUT: &str = "allconv.test_output";
 pub const TEST_SOURCE: &str = "allconv.test_vector_source";
+/// `--weights f16` keeps tensors smaller than this in float32, in ONNX and NNEF alike:
+/// scalars and per-channel vectors cost nothing and keep preprocessing constants exact.
+pub const F16_MIN_ELEMENTS: usize = 64;
+
 /// `f16` when the weights are stored as float16.
 pub const WEIGHTS: &str = "allconv.weights";
 /// Float16 weights: the output's max abs difference from genuine Keras's (the

@@ -6,9 +6,7 @@
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::{GraphProto, NodeProto, TensorProto};
 
-/// Initializers smaller than this stay float32: scalars and per-channel vectors cost
-/// nothing and keep the preprocessing constants exact.
-pub const MIN_F16_ELEMENTS: usize = 64;
+pub use crate::meta::F16_MIN_ELEMENTS as MIN_F16_ELEMENTS;
 
 /// Rewrite `graph`'s large float32 initializers to float16 + Cast; returns how many.
 pub fn store_weights_f16(graph: &mut GraphProto) -> usize {

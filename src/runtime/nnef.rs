@@ -120,15 +120,7 @@ pub fn typed_from_onnx(
     input_shapes: &[Vec<usize>],
     weights_f16: bool,
 ) -> Result<(TypedModel, usize)> {
-    let mut model = tract_onnx::onnx()
-        .model_for_read(&mut std::io::Cursor::new(onnx))
-        .map_err(terr("reading the ONNX model"))?;
-    for (i, shape) in input_shapes.iter().enumerate() {
-        model = model
-            .with_input_fact(i, f32::fact(shape).into())
-            .map_err(terr("setting the input shape"))?;
-    }
-    let mut typed = model
+    let mut typed = super::TractModel::onnx_with_shapes(onnx, input_shapes)?
         .into_typed()
         .and_then(|m| m.into_decluttered())
         .map_err(terr("typing the graph"))?;
@@ -180,9 +172,6 @@ fn same_lower_to_explicit(model: &mut TypedModel) -> TractResult<()> {
     Ok(())
 }
 
-/// Constants smaller than this stay float32 (as in the ONNX `--weights f16`).
-const MIN_F16_ELEMENTS: usize = 64;
-
 /// Each large float32 constant becomes a float16 constant and a cast to float32.
 fn consts_to_f16(model: &mut TypedModel) -> TractResult<usize> {
     use tract_onnx::tract_core::ops::{cast::cast, konst::Const};
@@ -193,7 +182,7 @@ fn consts_to_f16(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let t = k.val();
-        if t.datum_type() != f32::datum_type() || t.len() < MIN_F16_ELEMENTS {
+        if t.datum_type() != f32::datum_type() || t.len() < crate::meta::F16_MIN_ELEMENTS {
             continue;
         }
         let half = t.cast_to::<f16>()?.into_owned();

@@ -40,18 +40,27 @@ impl TractModel {
         Self::from_inference(model, input_shapes, threads)
     }
 
+    /// Parse ONNX bytes and fix one shape per input (batch included): the start of both
+    /// a plan and an NNEF export.
+    pub(crate) fn onnx_with_shapes(
+        onnx: &[u8],
+        input_shapes: &[Vec<usize>],
+    ) -> Result<InferenceModel> {
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(onnx))
+            .map_err(terr("reading the ONNX model"))?;
+        with_shapes(model, input_shapes)
+    }
+
     /// An ONNX graph as tract parsed it, with one shape per input (batch included).
     pub fn from_inference(
-        mut model: InferenceModel,
+        model: InferenceModel,
         input_shapes: &[Vec<usize>],
         threads: usize,
     ) -> Result<TractModel> {
-        for (i, shape) in input_shapes.iter().enumerate() {
-            model = model
-                .with_input_fact(i, f32::fact(shape).into())
-                .map_err(terr("setting the input shape"))?;
-        }
-        let typed = model.into_optimized().map_err(terr("optimising"))?;
+        let typed = with_shapes(model, input_shapes)?
+            .into_optimized()
+            .map_err(terr("optimising"))?;
         Self::from_plan(typed, input_shapes, threads)
     }
 
@@ -136,6 +145,16 @@ impl TractModel {
             })
             .collect()
     }
+}
+
+/// Fix one f32 input shape per graph input.
+fn with_shapes(mut model: InferenceModel, input_shapes: &[Vec<usize>]) -> Result<InferenceModel> {
+    for (i, shape) in input_shapes.iter().enumerate() {
+        model = model
+            .with_input_fact(i, f32::fact(shape).into())
+            .map_err(terr("setting the input shape"))?;
+    }
+    Ok(model)
 }
 
 /// Load and run once.
