@@ -36,6 +36,9 @@ pub struct RunBench {
     pub latency_ms: f64,
     pub runs: usize,
     pub peak_mb: f64,
+    /// The activation memory allconv estimates before running (`--limit activation-bytes`
+    /// is held against it), beside the measured `peak_mb`.
+    pub activation_estimate_mb: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -128,5 +131,6 @@ pub fn bench_run(
         latency_ms: median(times),
         runs: runs.max(1),
         peak_mb: peak_rss_mb(),
+        activation_estimate_mb: model.activation_bytes() as f64 / (1u64 << 20) as f64,
     })
 }

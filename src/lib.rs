@@ -13,6 +13,7 @@ pub mod ir;
 #[cfg(feature = "keras")]
 pub mod keras;
 pub mod layout;
+pub mod limits;
 pub mod meta;
 #[cfg(feature = "onnx")]
 pub mod onnx;

@@ -34,6 +34,12 @@ mod cli;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Change a bound on what one input may cost, e.g. `--limit activation-bytes=32G`
+    /// (repeatable). Names: image-side, image-pixels, h5-dataset-bytes,
+    /// h5-attribute-bytes, json-bytes, json-depth, layers, activation-bytes. See the
+    /// README's "Untrusted files".
+    #[arg(long = "limit", global = true, value_name = "NAME=VALUE")]
+    limits: Vec<String>,
 }
 
 /// A spatial size (HxW or L). An alias so clap's derive does not read `Vec` as "many values".
@@ -145,6 +151,17 @@ fn fail(json: bool, err: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut limits = allconv::limits::current();
+    for spec in &cli.limits {
+        match limits.with(spec) {
+            Ok(l) => limits = l,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    allconv::limits::set(limits);
     #[cfg(feature = "keras")]
     allconv::keras::hang_guard::arm(
         std::env::var("ALLCONV_H5_DEADLINE_S")

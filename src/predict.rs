@@ -617,7 +617,12 @@ mod imp {
         for path in &args.images {
             let result = process(path, &mut model, &plan, &args, &mut stems);
             if let Err(e) = &result {
-                eprintln!("error: {}: {e}", path.display());
+                let file = path.display().to_string();
+                if e.contains(&file) {
+                    eprintln!("error: {e}");
+                } else {
+                    eprintln!("error: {file}: {e}");
+                }
             }
             rows.push(Row {
                 file: path.clone(),

@@ -67,7 +67,7 @@ pub fn main(cmd: BenchCmd) -> ExitCode {
         } => {
             let threads = threads.unwrap_or_else(allconv::runtime::default_threads);
             let r = bench_run(&model, &shape, threads, runs).map(|r| {
-                let text = format!("tract {} {:?}, {} threads: {:.1} ms (median of {}), load {:.2} s, first result {:.2} s, peak {:.0} MiB\n", r.model, r.input_shape, r.threads, r.latency_ms, r.runs, r.load_s, r.first_result_s, r.peak_mb);
+                let text = format!("tract {} {:?}, {} threads: {:.1} ms (median of {}), load {:.2} s, first result {:.2} s, peak {:.0} MiB (activations estimated {:.0} MiB)\n", r.model, r.input_shape, r.threads, r.latency_ms, r.runs, r.load_s, r.first_result_s, r.peak_mb, r.activation_estimate_mb);
                 (serde_json::to_value(&r), text)
             });
             (json, r)

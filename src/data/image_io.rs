@@ -8,7 +8,7 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
-use super::{check_dims, dicom, pnm, DataError, MAX_PIXELS};
+use super::{check_dims, dicom, pnm, DataError};
 
 /// A single-channel image. `pixels` is row-major, `height * width` values.
 ///
@@ -140,11 +140,13 @@ fn read_with_image_crate(path: &Path, bytes: &[u8]) -> Result<GrayImage, DataErr
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::decode(path, e.to_string()))?;
+    let bounds = crate::limits::current();
+    let side = u32::try_from(bounds.image_side).unwrap_or(u32::MAX);
     let mut limits = Limits::default();
-    limits.max_image_width = Some(super::MAX_DIM as u32);
-    limits.max_image_height = Some(super::MAX_DIM as u32);
-    // Worst case: 2^28 pixels of 16-bit RGBA.
-    limits.max_alloc = Some((MAX_PIXELS as u64) * 8);
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    // Worst case: the pixel limit in 16-bit RGBA.
+    limits.max_alloc = Some((bounds.image_pixels as u64).saturating_mul(8));
     reader.limits(limits);
     let decoder = reader.into_decoder().map_err(err)?;
     let (w, h) = decoder.dimensions();

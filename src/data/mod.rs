@@ -25,11 +25,6 @@ pub use overlay::{render_overlay, write_overlay, OverlayOptions};
 pub use preprocess::{flip_h, flip_v, Preprocess};
 pub use resize::{resize_cubic, resize_cubic_f32, resize_cubic_u16, resize_cubic_u8};
 
-/// Largest accepted width or height (OpenCV and DICOM both top out here).
-pub const MAX_DIM: usize = 65_535;
-/// Largest accepted pixel count (2^28): guards against absurd headers allocating gigabytes.
-pub const MAX_PIXELS: usize = 1 << 28;
-
 /// Errors of the data module. File errors always carry the offending path.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -71,21 +66,38 @@ impl DataError {
     }
 }
 
-/// Rejects empty or absurd dimensions before anything is allocated.
+/// Rejects empty or absurd dimensions before anything is allocated (bounds: [`crate::limits`]).
 pub(crate) fn check_dims(path: &Path, width: usize, height: usize) -> Result<(), DataError> {
+    let limits = crate::limits::current();
     if width == 0 || height == 0 {
         return Err(DataError::decode(
             path,
             format!("zero-sized image ({width}x{height})"),
         ));
     }
-    if width > MAX_DIM || height > MAX_DIM || width.saturating_mul(height) > MAX_PIXELS {
-        return Err(DataError::unsupported(
-            path,
-            format!(
-                "dimensions {width}x{height} exceed the limits ({MAX_DIM} per side, {MAX_PIXELS} pixels)"
-            ),
-        ));
+    if let Some(msg) = size_over_limits(width, height, &limits) {
+        return Err(DataError::unsupported(path, msg));
     }
     Ok(())
+}
+
+/// Why a `width` x `height` image is over the limits, or `None` if it fits.
+pub(crate) fn size_over_limits(
+    width: usize,
+    height: usize,
+    limits: &crate::limits::Limits,
+) -> Option<String> {
+    let side = limits.image_side;
+    let pixels = limits.image_pixels;
+    if width > side || height > side {
+        Some(format!(
+            "dimensions {width}x{height} exceed the limit of {side} per side (--limit image-side=N raises it)"
+        ))
+    } else if width.saturating_mul(height) > pixels {
+        Some(format!(
+            "dimensions {width}x{height} exceed the limit of {pixels} pixels (--limit image-pixels=N raises it)"
+        ))
+    } else {
+        None
+    }
 }

@@ -132,9 +132,11 @@ impl FromStr for Preprocess {
                         Some((h.trim().parse::<usize>().ok()?, w.trim().parse::<usize>().ok()?))
                     });
                     match parsed {
-                        Some((h, w))
-                            if h > 0 && w > 0 && h <= super::MAX_DIM && w <= super::MAX_DIM =>
-                        {
+                        Some((h, w)) if h > 0 && w > 0 => {
+                            let limits = crate::limits::current();
+                            if let Some(msg) = super::size_over_limits(w, h, &limits) {
+                                return Err(err(format!("size: {msg}")));
+                            }
                             p.target = Some((h, w))
                         }
                         _ => return Err(err(format!("size: '{v}' is not HxW, e.g. 1152x896"))),

@@ -78,10 +78,8 @@ fn check(src_len: usize, sh: usize, sw: usize, dh: usize, dw: usize) -> Result<(
             "resize: {src_len} pixels do not fill {sh}x{sw}"
         )));
     }
-    if dh > super::MAX_DIM || dw > super::MAX_DIM || dh * dw > super::MAX_PIXELS {
-        return Err(DataError::Invalid(format!(
-            "resize: target {dh}x{dw} exceeds the size limits"
-        )));
+    if let Some(msg) = super::size_over_limits(dw, dh, &crate::limits::current()) {
+        return Err(DataError::Invalid(format!("resize target: {msg}")));
     }
     Ok(())
 }

@@ -114,10 +114,13 @@ pub fn write_two_class(
     height: usize,
     width: usize,
 ) -> Result<SyntheticSet, DataError> {
-    if height == 0 || width == 0 || height > super::MAX_DIM || width > super::MAX_DIM {
+    if height == 0 || width == 0 {
         return Err(DataError::Invalid(format!(
             "synthetic: bad image size {height}x{width}"
         )));
+    }
+    if let Some(msg) = super::size_over_limits(width, height, &crate::limits::current()) {
+        return Err(DataError::Invalid(format!("synthetic: {msg}")));
     }
     let classes = vec!["neg".to_string(), "pos".to_string()];
     let mut files = Vec::new();

@@ -8,11 +8,6 @@
 
 use serde_json::Value;
 
-/// Deeper JSON than this is refused before parsing (Keras configs nest ~5 levels per
-/// nested model).
-pub const MAX_JSON_DEPTH: usize = 100;
-pub const MAX_JSON_BYTES: usize = 64 << 20;
-
 /// A reference to a tensor: output `tensor` of call `node` of layer `layer`, with the
 /// node index exactly as written in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,22 +73,40 @@ pub fn json_depth(text: &str) -> usize {
     max
 }
 
-/// Parse the JSON text with size and depth caps.
+/// Parse the JSON text with size and depth caps ([`crate::limits`]), checked before parsing.
 pub fn parse_json(text: &str) -> Result<Value, String> {
-    if text.len() > MAX_JSON_BYTES {
+    let limits = crate::limits::current();
+    if text.len() > limits.json_bytes {
         return Err(format!(
-            "{} bytes of JSON is beyond the {} byte limit",
+            "{} bytes of JSON is beyond the {} limit (--limit json-bytes=SIZE raises it)",
             text.len(),
-            MAX_JSON_BYTES
+            crate::limits::bytes_text(limits.json_bytes as u64)
         ));
     }
     let depth = json_depth(text);
-    if depth > MAX_JSON_DEPTH {
+    if depth > limits.json_depth {
         return Err(format!(
-            "JSON nested {depth} levels deep (limit {MAX_JSON_DEPTH})"
+            "JSON nested {depth} levels deep, beyond the limit of {} (--limit json-depth=N raises it)",
+            limits.json_depth
         ));
     }
     serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Layers in a model config, nested models' layers included: every entry of every
+/// `layers` list, and of every Keras 2.0 Sequential's bare `config` list, wherever it sits.
+pub fn count_layers(v: &Value) -> usize {
+    match v {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, x)| match (k.as_str(), x) {
+                ("layers" | "config", Value::Array(items)) => items.len() + count_layers(x),
+                _ => count_layers(x),
+            })
+            .sum(),
+        Value::Array(items) => items.iter().map(count_layers).sum(),
+        _ => 0,
+    }
 }
 
 /// `{"class_name": ..., "config": ...}` at the root of `model_config`.
@@ -103,6 +116,13 @@ pub fn parse_model(root: &Value) -> Result<ModelConfig, String> {
         .and_then(Value::as_str)
         .ok_or("model_config has no class_name")?;
     let config = root.get("config").ok_or("model_config has no config")?;
+    let max_layers = crate::limits::current().layers;
+    let layers = count_layers(config);
+    if layers > max_layers {
+        return Err(format!(
+            "{layers} layers, beyond the limit of {max_layers} (--limit layers=N raises it)"
+        ));
+    }
     parse_container(class, config, "model")
 }
 
@@ -439,5 +459,27 @@ mod tests {
         let err = parse_json(&deep).unwrap_err();
         assert!(err.contains("nested"), "{err}");
         assert_eq!(json_depth(r#"{"a": "[[[[", "b": [1, {"c": 2}]}"#), 3);
+    }
+
+    #[test]
+    fn layers_are_counted_through_nested_models() {
+        let v: Value = serde_json::from_str(
+            r#"{"layers": [{"class_name": "Dense"},
+                           {"class_name": "Model", "config": {"layers": [{}, {}, {}]}},
+                           {"class_name": "Sequential", "config": [{}, {}]}],
+                "input_layers": [["a", 0, 0]]}"#,
+        )
+        .unwrap();
+        // 3 at the top, 3 in the functional model, 2 in the Keras 2.0 Sequential's bare list.
+        assert_eq!(count_layers(&v), 8);
+        let many = format!(r#"{{"layers": [{}]}}"#, vec!["{}"; 30_000].join(","));
+        let root: Value =
+            serde_json::from_str(&format!(r#"{{"class_name": "Model", "config": {many}}}"#))
+                .unwrap();
+        let err = parse_model(&root).unwrap_err();
+        assert!(
+            err.contains("30000 layers") && err.contains("--limit layers"),
+            "{err}"
+        );
     }
 }

@@ -17,11 +17,8 @@ use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 
 const HDF5_MAGIC: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
-/// Keras never writes a single weight above this; anything larger is refused unread.
-const MAX_DATASET_BYTES: u64 = 4 << 30;
 /// A dataset may declare at most this many times the file size (compressed data).
 const MAX_DECLARED_OVER_FILE: u64 = 1000;
-const MAX_ATTR_BYTES: usize = 64 << 20;
 const MAX_ATTR_ITEMS: usize = 1 << 20;
 
 extern "C" {
@@ -241,8 +238,17 @@ impl H5File {
             .iter()
             .try_fold(item, |acc, &d| acc.checked_mul(d as u64))
             .unwrap_or(u64::MAX);
-        if declared > MAX_DATASET_BYTES
-            || declared > self.size.saturating_mul(MAX_DECLARED_OVER_FILE)
+        let max_dataset = crate::limits::current().h5_dataset_bytes;
+        if declared > max_dataset {
+            return Err(self.unsafe_obj(
+                path,
+                format!(
+                    "declares {shape:?} ({declared} bytes), above the {} limit for one weight: shape bomb (--limit h5-dataset-bytes=SIZE raises it)",
+                    crate::limits::bytes_text(max_dataset)
+                ),
+            ));
+        }
+        if declared > self.size.saturating_mul(MAX_DECLARED_OVER_FILE)
             || (!dcpl.has_filters() && declared > self.size)
         {
             return Err(self.unsafe_obj(
@@ -444,6 +450,13 @@ fn read_strings(attr_id: hid_t) -> std::result::Result<Vec<String>, String> {
         if ftype < 0 || space < 0 {
             return Err("cannot read the attribute's type".to_string());
         }
+        let max_bytes = crate::limits::current().h5_attribute_bytes;
+        let too_big = |what: String| {
+            format!(
+                "attribute holds {what}, above the {} limit (--limit h5-attribute-bytes=SIZE raises it)",
+                crate::limits::bytes_text(max_bytes as u64)
+            )
+        };
         let result = (|| {
             let n = H5Sget_simple_extent_npoints(space);
             if n < 0 || n as usize > MAX_ATTR_ITEMS {
@@ -479,8 +492,8 @@ fn read_strings(attr_id: hid_t) -> std::result::Result<Vec<String>, String> {
                         v.push(s);
                     }
                     H5Treclaim(mem, space, H5P_DEFAULT, ptrs.as_mut_ptr().cast());
-                    if total > MAX_ATTR_BYTES {
-                        Err(format!("attribute holds {total} bytes"))
+                    if total > max_bytes {
+                        Err(too_big(format!("{total} bytes")))
                     } else {
                         Ok(v)
                     }
@@ -489,8 +502,11 @@ fn read_strings(attr_id: hid_t) -> std::result::Result<Vec<String>, String> {
                 out
             } else {
                 let size = H5Tget_size(ftype);
-                if size == 0 || size.saturating_mul(n) > MAX_ATTR_BYTES {
-                    return Err(format!("fixed strings of {size} bytes x {n}"));
+                if size == 0 {
+                    return Err("fixed strings of 0 bytes".into());
+                }
+                if size.saturating_mul(n) > max_bytes {
+                    return Err(too_big(format!("fixed strings of {size} bytes x {n}")));
                 }
                 let pad = H5Tget_strpad(ftype);
                 let mut buf = vec![0u8; size * n];

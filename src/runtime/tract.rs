@@ -19,6 +19,7 @@ pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
     input_shapes: Vec<Vec<usize>>,
     executor: Option<multithread::Executor>,
+    activation_bytes: u64,
 }
 
 impl TractModel {
@@ -91,6 +92,20 @@ impl TractModel {
         input_shapes: &[Vec<usize>],
         threads: usize,
     ) -> Result<TractModel> {
+        let (activation_bytes, at) = peak_activation_bytes(&typed)?;
+        let limit = crate::limits::current().activation_bytes;
+        if activation_bytes > limit {
+            return Err(Error::Other(format!(
+                "at input shape {} the model holds about {} of activations at once (at node {at:?}), above the {} limit; choose a smaller input size, or raise it with --limit activation-bytes=SIZE",
+                input_shapes
+                    .iter()
+                    .map(|s| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crate::limits::bytes_text(activation_bytes),
+                crate::limits::bytes_text(limit)
+            )));
+        }
         let plan = typed.into_runnable().map_err(terr("building the plan"))?;
         let executor = if threads > 1 {
             Some(multithread::Executor::multithread(threads))
@@ -101,11 +116,17 @@ impl TractModel {
             plan,
             input_shapes: input_shapes.to_vec(),
             executor,
+            activation_bytes,
         })
     }
 
     pub fn input_shapes(&self) -> &[Vec<usize>] {
         &self.input_shapes
+    }
+
+    /// The activation memory estimated from the plan's shapes (see [`peak_activation_bytes`]).
+    pub fn activation_bytes(&self) -> u64 {
+        self.activation_bytes
     }
 
     /// Run on `data` (row-major, `input_shape`); returns every graph output in order.
@@ -165,4 +186,91 @@ pub fn run_once(
     threads: usize,
 ) -> Result<Vec<Output>> {
     TractModel::load(onnx, input_shape, threads)?.run(data)
+}
+
+/// The most activation memory live at once when `model` runs node by node in its eval
+/// order: an output lives from its node until its last consumer (graph outputs until the
+/// end); constants are weights and not counted. Returns the bytes and the node at the peak.
+/// An estimate from declared shapes, made before anything is allocated; tract's own
+/// scratch (im2col, packing) comes on top.
+pub(crate) fn peak_activation_bytes(model: &TypedModel) -> Result<(u64, String)> {
+    let order = model.eval_order().map_err(terr("ordering the graph"))?;
+    let position: std::collections::HashMap<usize, usize> =
+        order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let graph_outputs: std::collections::HashSet<OutletId> = model
+        .output_outlets()
+        .map_err(terr("reading the outputs"))?
+        .iter()
+        .copied()
+        .collect();
+    // Bytes freed after each step.
+    let mut freed_after = vec![0u128; order.len()];
+    let mut live = 0u128;
+    let mut peak = (0u128, String::new());
+    for (step, &id) in order.iter().enumerate() {
+        let node = model.node(id);
+        for (slot, outlet) in node.outputs.iter().enumerate() {
+            let fact = &outlet.fact;
+            if fact.konst.is_some() {
+                continue;
+            }
+            let elements = fact
+                .shape
+                .iter()
+                .map(|d| d.as_i64().map_or(0, |n| n.max(0) as u128))
+                .fold(1u128, u128::saturating_mul);
+            let bytes = elements.saturating_mul(fact.datum_type.size_of() as u128);
+            live = live.saturating_add(bytes);
+            // Graph outputs live to the end; the rest until their last consumer has run.
+            if !graph_outputs.contains(&OutletId::new(id, slot)) {
+                let last = outlet
+                    .successors
+                    .iter()
+                    .filter_map(|s| position.get(&s.node).copied())
+                    .max()
+                    .unwrap_or(step);
+                freed_after[last] = freed_after[last].saturating_add(bytes);
+            }
+        }
+        if live > peak.0 {
+            peak = (live, node.name.clone());
+        }
+        live -= freed_after[step].min(live);
+    }
+    Ok((peak.0.min(u64::MAX as u128) as u64, peak.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::math;
+
+    /// 1000 f32 = 4000 bytes per tensor.
+    fn source(m: &mut TypedModel) -> OutletId {
+        m.add_source("in", f32::fact([1, 1000])).unwrap()
+    }
+
+    #[test]
+    fn a_chain_holds_two_tensors_at_once() {
+        let mut m = TypedModel::default();
+        let x = source(&mut m);
+        let a = m.wire_node("a", math::abs(), &[x]).unwrap()[0];
+        let b = m.wire_node("b", math::abs(), &[a]).unwrap()[0];
+        m.select_output_outlets(&[b]).unwrap();
+        assert_eq!(peak_activation_bytes(&m).unwrap().0, 8000);
+    }
+
+    #[test]
+    fn a_fork_keeps_its_branches_alive_until_they_join() {
+        let mut m = TypedModel::default();
+        let x = source(&mut m);
+        let a = m.wire_node("a", math::abs(), &[x]).unwrap()[0];
+        let b = m.wire_node("b", math::abs(), &[x]).unwrap()[0];
+        let c = m.wire_node("c", math::add(), &[a, b]).unwrap()[0];
+        m.select_output_outlets(&[c]).unwrap();
+        // At the second branch: the input, both branches.
+        let (bytes, at) = peak_activation_bytes(&m).unwrap();
+        assert_eq!(bytes, 12000);
+        assert!(at == "a" || at == "b", "{at}");
+    }
 }

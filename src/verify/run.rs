@@ -70,8 +70,9 @@ pub fn verify_graph_refs(
     let bytes = ex.to_bytes()?;
     let shapes: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape.clone()).collect();
     let data: Vec<&[f32]> = inputs.iter().map(|a| a.data.as_slice()).collect();
-    let model = TractModel::load_multi(&bytes, &shapes, opts.threads)?;
-    let outs = model.run_multi(&data)?;
+    let in_file = |e: Error| Error::Other(format!("{label}: {e}"));
+    let model = TractModel::load_multi(&bytes, &shapes, opts.threads).map_err(in_file)?;
+    let outs = model.run_multi(&data).map_err(in_file)?;
     let out0 = outs
         .first()
         .ok_or_else(|| Error::Other("the model has no output".into()))?;
@@ -447,8 +448,9 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             let refs = read_npz(r)?;
             let (i, o) = reference_vectors(&refs, r, &eo)?;
             let (i, o) = (first_items(&i, 1), first_items(&o, 1));
-            let m = TractModel::load(&bytes, &i.shape, opts.threads.max(1))?;
-            let got = m.run(&i.data)?;
+            let in_file = |e: Error| Error::Other(format!("{}: {e}", model.display()));
+            let m = TractModel::load(&bytes, &i.shape, opts.threads.max(1)).map_err(in_file)?;
+            let got = m.run(&i.data).map_err(in_file)?;
             let t = got
                 .first()
                 .ok_or_else(|| Error::Other("the exported model has no output".into()))?;
@@ -518,8 +520,9 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
                 } else {
                     synthetic(n, -1.0, 1.0)
                 };
-                let m = TractModel::load(&bytes, &shape, opts.threads.max(1))?;
-                let got = m.run(&data)?;
+                let in_file = |e: Error| Error::Other(format!("{}: {e}", model.display()));
+                let m = TractModel::load(&bytes, &shape, opts.threads.max(1)).map_err(in_file)?;
+                let got = m.run(&data).map_err(in_file)?;
                 if let Some(t) = got.into_iter().next() {
                     vectors = Some((
                         Array { shape, data },
