@@ -78,6 +78,52 @@ fn saved_fuzz_findings_end_in_errors() {
     assert!(replayed >= 2, "the saved findings are missing");
 }
 
+/// The `oom-*` files: a metadata entry claims gigabytes, and HDF5 allocates what the entry
+/// claims before reading it. The read is bounded by the file, so the claim costs address
+/// space, never memory: under a 1 GB address-space cap (`ulimit -v`) each ends in a named
+/// error, while a valid model still reads under the same cap.
+#[test]
+fn hdf5_size_claims_end_in_errors_under_an_address_space_cap() {
+    let run = |file: &Path| {
+        Command::new("bash")
+            .arg("-c")
+            .arg("ulimit -v 1000000 && exec \"$0\" inspect \"$1\"")
+            .arg(env!("CARGO_BIN_EXE_allconv"))
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let valid = root.join("fixtures/k208_conv/model.h5");
+    let out = run(&valid);
+    assert!(
+        out.status.success(),
+        "a valid model fails under the cap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut n = 0;
+    for f in std::fs::read_dir(root.join("tests/fuzz_regressions/h5")).unwrap() {
+        let path = f.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("oom-")
+        {
+            continue;
+        }
+        let out = run(&path);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", path.display());
+        assert!(
+            err.starts_with("error: ") && err.contains(&*path.to_string_lossy()),
+            "{err}"
+        );
+        n += 1;
+    }
+    assert!(n >= 2, "the size-claim reproducers are missing");
+}
+
 #[test]
 fn every_fuzz_target_has_an_entry_point() {
     let targets =
