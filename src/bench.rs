@@ -39,6 +39,48 @@ pub struct RunBench {
     /// The activation memory allconv estimates before running (`--limit activation-bytes`
     /// is held against it), beside the measured `peak_mb`.
     pub activation_estimate_mb: f64,
+    /// With `--profile`: time per tract op type, most expensive first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<OpTime>>,
+    /// With `--profile`: the slowest nodes of the first profiled run, with tract's
+    /// description (for matrix products: m, k, n and the kernel it picked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slowest_nodes: Vec<crate::runtime::NodeTime>,
+}
+
+/// One op type's share of a run: its nodes' summed time, median over the profiled runs.
+#[derive(Debug, Serialize)]
+pub struct OpTime {
+    pub op: String,
+    pub nodes: usize,
+    pub ms: f64,
+}
+
+/// Sum each run's node times per op type; the median per op over runs.
+fn per_op(runs: &[Vec<crate::runtime::NodeTime>]) -> Vec<OpTime> {
+    use std::collections::BTreeMap;
+    let mut by_op: BTreeMap<&str, (usize, Vec<f64>)> = BTreeMap::new();
+    for (i, run) in runs.iter().enumerate() {
+        for t in run {
+            let e = by_op
+                .entry(&t.op)
+                .or_insert_with(|| (0, vec![0.0; runs.len()]));
+            if i == 0 {
+                e.0 += 1;
+            }
+            e.1[i] += t.ms;
+        }
+    }
+    let mut ops: Vec<OpTime> = by_op
+        .into_iter()
+        .map(|(op, (nodes, ms))| OpTime {
+            op: op.to_string(),
+            nodes,
+            ms: median(ms),
+        })
+        .collect();
+    ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    ops
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -89,12 +131,14 @@ pub fn bench_convert(
 }
 
 /// Load a model file (ONNX or NNEF) into tract at `input_shape` (batch first) and time
-/// `runs` runs on a deterministic input, after the first.
+/// `runs` runs on a deterministic input, after the first; with `profile`, as many more
+/// runs with every node timed.
 pub fn bench_run(
     path: &Path,
     input_shape: &[usize],
     threads: usize,
     runs: usize,
+    profile: bool,
 ) -> Result<RunBench> {
     let t = Instant::now();
     let file = ModelFile::open(path)?;
@@ -121,6 +165,22 @@ pub fn bench_run(
         model.run(&input)?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    let (profile, slowest_nodes) = if profile {
+        let runs = (0..runs.max(1))
+            .map(|_| model.profile(&input))
+            .collect::<Result<Vec<_>>>()?;
+        let mut slowest = runs[0].clone();
+        slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        slowest.truncate(
+            std::env::var("ALLCONV_PROFILE_NODES")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(10),
+        );
+        (Some(per_op(&runs)), slowest)
+    } else {
+        (None, vec![])
+    };
     Ok(RunBench {
         model: path.display().to_string(),
         input_shape: input_shape.to_vec(),
@@ -132,5 +192,7 @@ pub fn bench_run(
         runs: runs.max(1),
         peak_mb: peak_rss_mb(),
         activation_estimate_mb: model.activation_bytes() as f64 / (1u64 << 20) as f64,
+        profile,
+        slowest_nodes,
     })
 }

@@ -28,6 +28,9 @@ pub enum BenchCmd {
         threads: Option<usize>,
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Also time every node (as many runs again) and print the time per op type.
+        #[arg(long)]
+        profile: bool,
         #[arg(long)]
         json: bool,
     },
@@ -63,11 +66,16 @@ pub fn main(cmd: BenchCmd) -> ExitCode {
             shape,
             threads,
             runs,
+            profile,
             json,
         } => {
             let threads = threads.unwrap_or_else(allconv::runtime::default_threads);
-            let r = bench_run(&model, &shape, threads, runs).map(|r| {
+            let r = bench_run(&model, &shape, threads, runs, profile).map(|r| {
                 let text = format!("tract {} {:?}, {} threads: {:.1} ms (median of {}), load {:.2} s, first result {:.2} s, peak {:.0} MiB (activations estimated {:.0} MiB)\n", r.model, r.input_shape, r.threads, r.latency_ms, r.runs, r.load_s, r.first_result_s, r.peak_mb, r.activation_estimate_mb);
+                let mut text = text + &profile_table(r.profile.as_deref().unwrap_or_default());
+                for n in &r.slowest_nodes {
+                    text += &format!("{:>8.1} ms  {} {}: {}\n", n.ms, n.op, n.node, n.info);
+                }
                 (serde_json::to_value(&r), text)
             });
             (json, r)
@@ -85,4 +93,26 @@ pub fn main(cmd: BenchCmd) -> ExitCode {
         Ok((Err(e), _)) => fail(json, e),
         Err(e) => fail(json, e),
     }
+}
+
+/// The per-op profile as a table, with each op's share of the profiled run.
+fn profile_table(ops: &[allconv::bench::OpTime]) -> String {
+    if ops.is_empty() {
+        return String::new();
+    }
+    let total: f64 = ops.iter().map(|o| o.ms).sum();
+    let mut t = format!(
+        "{:<28} {:>6} {:>10} {:>7}\n",
+        "op (tract)", "nodes", "ms", "share"
+    );
+    for o in ops {
+        t += &format!(
+            "{:<28} {:>6} {:>10.1} {:>6.1}%\n",
+            o.op,
+            o.nodes,
+            o.ms,
+            100.0 * o.ms / total.max(f64::MIN_POSITIVE)
+        );
+    }
+    t + &format!("{:<28} {:>6} {:>10.1}\n", "total (profiled)", "", total)
 }

@@ -6,7 +6,7 @@ pub mod nnef;
 mod tract;
 
 pub use file::{Format, ModelFile};
-pub use tract::{run_once, Output, TractModel};
+pub use tract::{run_once, NodeTime, Output, TractModel};
 
 /// Threads to use when the user does not say: every core this process may run on.
 pub fn default_threads() -> usize {

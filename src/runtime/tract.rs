@@ -14,6 +14,17 @@ pub struct Output {
     pub data: Vec<f32>,
 }
 
+/// One node's time in a profiled run ([`TractModel::profile`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeTime {
+    /// tract's name for the op after optimisation (`OptMatMul`, `Im2col`, `MaxPool`...).
+    pub op: String,
+    pub node: String,
+    pub ms: f64,
+    /// tract's description of the node (for matrix products: m, k, n and the kernel).
+    pub info: String,
+}
+
 /// An optimised tract plan for one input shape.
 pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
@@ -127,6 +138,38 @@ impl TractModel {
     /// The activation memory estimated from the plan's shapes (see [`peak_activation_bytes`]).
     pub fn activation_bytes(&self) -> u64 {
         self.activation_bytes
+    }
+
+    /// One run of a single-input model with every node timed, in execution order: tract's
+    /// own evaluation of each node, wrapped in a clock (as its command-line profiler does).
+    pub fn profile(&self, data: &[f32]) -> Result<Vec<NodeTime>> {
+        let shape = self
+            .input_shapes
+            .first()
+            .ok_or_else(|| Error::Other("the model has no input".into()))?;
+        let input = Tensor::from_shape(shape, data).map_err(terr("building the input"))?;
+        let mut state = tract_onnx::tract_core::plan::SimpleState::new(&self.plan)
+            .map_err(terr("making a run state"))?;
+        let mut times = Vec::new();
+        let run = || {
+            state.run_plan_with_eval(tvec![input.into_tvalue()], |ctx, op_state, node, inputs| {
+                let start = std::time::Instant::now();
+                let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                times.push(NodeTime {
+                    op: node.op().name().to_string(),
+                    node: node.name.clone(),
+                    ms: start.elapsed().as_secs_f64() * 1000.0,
+                    info: node.op().info().map(|i| i.join("; ")).unwrap_or_default(),
+                });
+                r
+            })
+        };
+        match &self.executor {
+            Some(ex) => multithread::multithread_tract_scope(ex.clone(), run),
+            None => run(),
+        }
+        .map_err(terr("running"))?;
+        Ok(times)
     }
 
     /// Run on `data` (row-major, `input_shape`); returns every graph output in order.
