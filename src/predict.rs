@@ -293,6 +293,8 @@ mod imp {
     struct Plan {
         /// What runs on the host (resize, target_scale, rescale, mean, channels).
         host: Preprocess,
+        /// The preprocessing in effect, host and in-graph together (judges value ranges).
+        effective: Preprocess,
         /// After `host`, map y -> (y + mean_g) / rescale_g so that the in-graph
         /// preprocessing gives back y (a `--preprocess` overriding the metadata).
         compensate: Option<InGraph>,
@@ -375,6 +377,7 @@ mod imp {
         };
         Ok(Plan {
             host,
+            effective: eff,
             compensate,
             spec,
             source,
@@ -391,6 +394,8 @@ mod imp {
     struct Row {
         file: PathBuf,
         result: Res<(Vec<f32>, [usize; 2], Option<HeatmapOut>)>,
+        /// The image's values do not fit the preprocessing (scored anyway).
+        warning: Option<String>,
     }
 
     fn hwc_to_chw(x: &[f32], [h, w, c]: [usize; 3]) -> Vec<f32> {
@@ -428,8 +433,13 @@ mod imp {
         p: &Plan,
         args: &PredictArgs,
         stems: &mut HashSet<String>,
+        warning: &mut Option<String>,
     ) -> Res<(Vec<f32>, [usize; 2], Option<HeatmapOut>)> {
         let img: GrayImage = read_image(path).map_err(|e| e.to_string())?;
+        *warning = p.effective.range_warning(&img);
+        if let Some(w) = warning {
+            eprintln!("warning: {}: {w}", path.display());
+        }
         let (mut x, shape) = p.host.apply(&img).map_err(|e| e.to_string())?;
         if let Some(g) = p.compensate {
             for v in &mut x {
@@ -615,7 +625,8 @@ mod imp {
         let mut stems = HashSet::new();
         let mut rows = Vec::new();
         for path in &args.images {
-            let result = process(path, &mut model, &plan, &args, &mut stems);
+            let mut warning = None;
+            let result = process(path, &mut model, &plan, &args, &mut stems, &mut warning);
             if let Err(e) = &result {
                 let file = path.display().to_string();
                 if e.contains(&file) {
@@ -627,6 +638,7 @@ mod imp {
             rows.push(Row {
                 file: path.clone(),
                 result,
+                warning,
             });
         }
         let failed = rows.iter().filter(|r| r.result.is_err()).count();
@@ -657,6 +669,9 @@ mod imp {
                             }
                         }
                         Err(e) => o["error"] = json!(e),
+                    }
+                    if let Some(w) = &r.warning {
+                        o["warning"] = json!(w);
                     }
                     o
                 })

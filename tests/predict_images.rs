@@ -156,6 +156,48 @@ fn every_format_gives_probabilities() {
     }
 }
 
+/// `predict` warns, per image, when its values do not fit the preprocessing: under the
+/// 8-bit scaling the 16-bit and DICOM copies of the mammograms are named (still scored),
+/// the 8-bit ones are not; the 12-bit DICOM at its own scale passes.
+#[test]
+fn images_of_another_bit_depth_than_the_scaling_are_named() {
+    let dir = tmpdir("range");
+    let model = whole_onnx(&dir, "whole.onnx", None, None);
+    let images = bundled_images();
+    let mut args = vec![
+        "predict",
+        model.as_str(),
+        "--preprocess",
+        "rescale=0.0078125,mean=0.5,gray",
+        "--json",
+    ];
+    args.extend(images.iter().map(String::as_str));
+    let out = allconv(&args);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for r in json_rows(&out) {
+        let file = r["file"].as_str().unwrap();
+        let other_depth = file.contains("_16.") || file.ends_with(".dcm");
+        let warning = r.get("warning").and_then(|w| w.as_str());
+        assert_eq!(warning.is_some(), other_depth, "{file}: {warning:?}");
+        assert_eq!(probs(&r).len(), 2, "{file} is scored all the same");
+        if let Some(w) = warning {
+            assert!(w.contains("set for 8-bit images"), "{w}");
+            assert!(stderr.contains(&format!("warning: {file}: ")), "{stderr}");
+        }
+    }
+    let dcm = "fixtures/images/mdb028_m1.dcm";
+    let own = allconv(&[
+        "predict",
+        model.as_str(),
+        "--preprocess",
+        "rescale=0.00048828125,mean=0.5,gray",
+        "--json",
+        dcm,
+    ]);
+    assert!(json_rows(&own)[0].get("warning").is_none());
+}
+
 #[test]
 fn corrupt_image_is_reported_and_others_go_on() {
     let dir = tmpdir("corrupt");

@@ -8,6 +8,10 @@ use std::str::FromStr;
 
 use super::{resize::resize_cubic, DataError, GrayImage};
 
+/// [`Preprocess::range_warning`]'s bounds on brightest-pixel / mean, in scaled units.
+const RANGE_HIGH: f32 = 16.0;
+const RANGE_LOW: f32 = 1.0;
+
 /// Preprocessing parameters; see the module doc for the order of operations.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preprocess {
@@ -67,6 +71,42 @@ impl Preprocess {
             None => v * rescale,
         });
         Ok(self.finish(values, img.height, img.width))
+    }
+
+    /// Whether `img`'s values fit this preprocessing, judged against its `mean` (the
+    /// training set's mean pixel, in scaled units): a mammogram's brightest pixel scales to
+    /// about 4-5x that mean (255 vs 52.18 in the paper). Beyond 16x, or below 1x, the image
+    /// almost surely has another bit depth than the scaling was set for (a 12-bit DICOM
+    /// given 8-bit scaling scores nonsense, confidently). `None` when it fits, or when
+    /// there is nothing to judge by (no mean, or `target_scale` rescales every image).
+    pub fn range_warning(&self, img: &GrayImage) -> Option<String> {
+        if self.target_scale.is_some() || !(self.mean > 0.0) || !(self.rescale > 0.0) {
+            return None;
+        }
+        let max = img.max();
+        let ratio = max * self.rescale / self.mean;
+        let bits = (max.max(1.0) + 1.0).log2().ceil() as u32;
+        let what = if ratio > RANGE_HIGH {
+            "far above"
+        } else if ratio < RANGE_LOW {
+            "below"
+        } else {
+            return None;
+        };
+        // The bit depth the scaling was set for: the one whose full scale lands near the
+        // middle of the 4-5x band.
+        let meant_bits = (4.5 * self.mean / self.rescale)
+            .log2()
+            .round()
+            .clamp(1.0, 32.0) as u32;
+        let suggested = f64::from(self.rescale) * 2f64.powi(meant_bits as i32 - bits as i32);
+        Some(format!(
+            "its brightest pixel ({max}, {bits} bits used of {}) scales to {:.3} with rescale={}, {ratio:.1}x the mean {}; a correctly scaled mammogram reaches about 4-5x, so this is {what} the range the preprocessing is set for. The scaling looks set for {meant_bits}-bit images: --preprocess rescale={suggested} would scale this {bits}-bit one alike",
+            img.bit_depth,
+            max * self.rescale,
+            self.rescale,
+            self.mean,
+        ))
     }
 
     fn finish(
@@ -215,4 +255,66 @@ pub fn flip_v(data: &[f32], shape: [usize; 3]) -> Result<Vec<f32>, DataError> {
         out.extend_from_slice(&data[y * row..(y + 1) * row]);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(max: f32, bit_depth: u8) -> GrayImage {
+        GrayImage::new(2, 1, bit_depth, vec![0.0, max]).unwrap()
+    }
+
+    fn spec(s: &str) -> Preprocess {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn images_at_the_scale_they_were_meant_for_pass() {
+        // The paper's 16-bit parameters on a full-range 16-bit PNG; the demo's 8-bit and
+        // 12-bit scalings on their own images.
+        assert_eq!(
+            spec("rescale=0.003891,mean=52.18").range_warning(&image(65535.0, 16)),
+            None
+        );
+        assert_eq!(
+            spec("rescale=0.0078125,mean=0.5").range_warning(&image(255.0, 8)),
+            None
+        );
+        assert_eq!(
+            spec("rescale=0.00048828125,mean=0.5").range_warning(&image(4095.0, 16)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bit_depth_mismatch_is_named() {
+        // The demo's 12-bit DICOM given the 8-bit scaling: 64x the mean.
+        let w = spec("rescale=0.0078125,mean=0.5")
+            .range_warning(&image(4095.0, 16))
+            .unwrap();
+        assert!(
+            w.contains("far above") && w.contains("12 bits used of 16"),
+            "{w}"
+        );
+        assert!(
+            w.contains("set for 8-bit") && w.contains("rescale=0.00048828125 "),
+            "{w}"
+        );
+        // A 12-bit image given the paper's 16-bit parameters: 0.3x the mean.
+        let w = spec("rescale=0.003891,mean=52.18")
+            .range_warning(&image(4095.0, 16))
+            .unwrap();
+        assert!(w.contains("below"), "{w}");
+    }
+
+    #[test]
+    fn nothing_to_judge_by_means_no_warning() {
+        assert_eq!(
+            Preprocess::default().range_warning(&image(4095.0, 16)),
+            None
+        );
+        let scaled = spec("target_scale=65535,rescale=0.003891,mean=52.18");
+        assert_eq!(scaled.range_warning(&image(4095.0, 16)), None);
+    }
 }
