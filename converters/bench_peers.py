@@ -4,6 +4,9 @@
     bench_peers.py tf2onnx MODEL.h5 OUT.onnx HxW          conversion time (tf2onnx.convert.from_keras)
     bench_peers.py ort     MODEL.onnx HxW THREADS RUNS    onnxruntime latency
     bench_peers.py tf      MODEL.h5   HxW THREADS RUNS    TensorFlow (tf-keras 2.21) latency
+    bench_peers.py paper   MODEL.h5   HxW THREADS IMAGE...  the paper's scoring pipeline
+        (cv2.imread unchanged + cv2.resize INTER_CUBIC + rescale 0.003891, mean 52.18, grey
+        to 3 channels, tf-keras predict_on_batch, one image at a time): images/s
 
 Inputs are NHWC batch 1, deterministic pseudo-random. Latency = median of RUNS after one
 warm-up run. Memory = peak resident set size of the process (includes the runtime itself).
@@ -94,6 +97,29 @@ def main():
             times.append(time.perf_counter() - t)
         print(json.dumps({"peer": "tensorflow " + tf.__version__, "latency_ms": 1000 * median(times),
                           "runs": runs, "threads": threads, "peak_mb": peak_mb()}))
+    elif kind == "paper":
+        import cv2
+        import numpy as np
+        import tensorflow as tf
+        path, hw, threads, files = sys.argv[2], size(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        cv2.setNumThreads(threads)
+        import tf_keras
+        model = tf_keras.models.load_model(path, compile=False)
+        t0 = time.perf_counter()
+        probs = []
+        for f in files:
+            img = cv2.imread(f, cv2.IMREAD_UNCHANGED)
+            img = cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC).astype("float32")
+            img *= 0.003891
+            img -= 52.18
+            x = np.stack([img] * 3, axis=-1)[None]
+            probs.append(model.predict_on_batch(x)[0].tolist())
+        dt = time.perf_counter() - t0
+        print(json.dumps({"peer": "paper pipeline: opencv " + cv2.__version__ + " + tf-keras " + tf.__version__,
+                          "images": len(files), "images_per_s": len(files) / dt,
+                          "threads": threads, "peak_mb": peak_mb(), "probabilities": probs}))
     else:
         sys.exit(f"unknown peer {kind}")
 

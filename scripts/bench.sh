@@ -4,10 +4,13 @@
 # published checkpoint) at 1152x896, made by converters/ (Keras 2.0.8 writes it; about
 # 15 min on 2 cores the first time). Each runtime runs in its own process, same input
 # shape, same thread count; peak memory is each process's peak RSS.
-#   scripts/bench.sh [THREADS] [RUNS]
+#   scripts/bench.sh [RUNS] [IMAGES]
+# Latency at 1 thread and at every core; `predict` over IMAGES (default 20) full-size
+# (4096x3328) 16-bit PNGs against the paper's own scoring pipeline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=${1:-2}; runs=${2:-5}
+runs=${1:-5}; nimages=${2:-20}
+cores=$(nproc); threads_list="1"; [ "$cores" -gt 1 ] && threads_list="1 $cores"
 scripts/setup.sh --python
 .venv-tf/bin/python -c "import tf2onnx" 2>/dev/null || .venv-tf/bin/pip install -q tf2onnx
 model=build/bench/k208_full_resnet50_whole_resnet_tf.h5
@@ -28,31 +31,85 @@ echo "bench: tf2onnx (whole process)"; whole "$out/tf2onnx_cmd.json" $py convert
 # and tf2onnx's load + convert after its imports (one run).
 echo "bench: allconv bench convert"; $bin bench convert "$model" --input-size $size -o "$out/allconv.onnx" --repeats 3 --json > "$out/allconv_convert.json"
 echo "bench: tf2onnx convert"; $py converters/bench_peers.py tf2onnx "$model" "$out/tf2onnx.onnx" $size 2>/dev/null | tail -1 > "$out/tf2onnx_convert.json"
-echo "bench: tract";       $bin bench run "$out/allconv.onnx" --shape $shape --threads "$threads" --runs "$runs" --json > "$out/tract_run.json"
-echo "bench: onnxruntime"; $py converters/bench_peers.py ort "$out/allconv.onnx" $size "$threads" "$runs" 2>/dev/null | tail -1 > "$out/ort_run.json"
-echo "bench: tensorflow";  $py converters/bench_peers.py tf "$model" $size "$threads" "$runs" 2>/dev/null | tail -1 > "$out/tf_run.json"
+for t in $threads_list; do
+  echo "bench: tract, $t thread(s)";       $bin bench run "$out/allconv.onnx" --shape $shape --threads "$t" --runs "$runs" --json > "$out/tract_run_$t.json"
+  echo "bench: onnxruntime, $t thread(s)"; $py converters/bench_peers.py ort "$out/allconv.onnx" $size "$t" "$runs" 2>/dev/null | tail -1 > "$out/ort_run_$t.json"
+done
+echo "bench: tensorflow, $cores thread(s)";  $py converters/bench_peers.py tf "$model" $size "$cores" "$runs" 2>/dev/null | tail -1 > "$out/tf_run.json"
 
-python3 - "$out" "$threads" "$runs" <<'PY'
+# predict: full-size 16-bit PNGs, the whole command against the paper's pipeline (cv2 +
+# tf-keras) in its own process, both with the paper's 16-bit preprocessing, every core.
+# The images: the real mini-MIAS mammograms (../shared/corpus, else the bundled two),
+# scaled to 4096x3328 and to 16 bits (x257), flipped where reused.
+imgs=build/bench/fullsize_$nimages
+if [ ! -d "$imgs" ]; then
+  mkdir -p "$imgs.tmp"
+  $py - "$imgs.tmp" "$nimages" ../shared/corpus/mini-mias/*.pgm fixtures/images/mdb0*[0-9].pgm <<'PY'
+import sys, cv2, numpy as np
+out, n = sys.argv[1], int(sys.argv[2])
+by_name = {}
+for p in sys.argv[3:]:
+    if cv2.imread(p, cv2.IMREAD_UNCHANGED) is not None:
+        by_name.setdefault(p.split("/")[-1], p)
+srcs = [by_name[k] for k in sorted(by_name)]
+for i in range(n):
+    img = cv2.imread(srcs[i % len(srcs)], cv2.IMREAD_UNCHANGED).astype(np.float32) * 257.0
+    big = cv2.resize(img, (3328, 4096), interpolation=cv2.INTER_CUBIC)
+    big = np.clip(big, 0, 65535).astype(np.uint16)
+    if (i // len(srcs)) % 2:
+        big = big[:, ::-1]
+    cv2.imwrite(f"{out}/img{i:03d}.png", big)
+PY
+  mv "$imgs.tmp" "$imgs"
+fi
+files=$(ls "$imgs"/*.png | head -n "$nimages")
+echo "bench: allconv predict, $nimages images"
+/usr/bin/time -f '{"wall_s": %e, "peak_mb": %M}' -o "$out/allconv_predict_cmd.json" \
+  $bin predict "$out/allconv.onnx" $files --preprocess size=$size,rescale=0.003891,mean=52.18,gray --json > "$out/allconv_predict.json"
+echo "bench: paper pipeline, $nimages images"
+/usr/bin/time -f '{"wall_s": %e, "peak_mb": %M}' -o "$out/paper_predict_cmd.json" \
+  $py converters/bench_peers.py paper "$model" $size "$cores" $files 2>/dev/null | tail -1 > "$out/paper_predict.json"
+
+python3 - "$out" "$runs" "$threads_list" "$nimages" <<'PY'
 import json, os, platform, sys
-d, threads, runs = sys.argv[1], sys.argv[2], sys.argv[3]
+d, runs, threads_list, nimages = sys.argv[1], sys.argv[2], sys.argv[3].split(), int(sys.argv[4])
 j = lambda n: json.load(open(os.path.join(d, n)))
-ac, tc, tr, orr, tfr = j("allconv_convert.json"), j("tf2onnx_convert.json"), j("tract_run.json"), j("ort_run.json"), j("tf_run.json")
+ac, tc, tfr = j("allconv_convert.json"), j("tf2onnx_convert.json"), j("tf_run.json")
 acmd, tcmd = j("allconv_cmd.json"), j("tf2onnx_cmd.json")
-for m in (acmd, tcmd):
+apc, ppc, pp = j("allconv_predict_cmd.json"), j("paper_predict_cmd.json"), j("paper_predict.json")
+for m in (acmd, tcmd, apc, ppc):
     m["peak_mb"] /= 1024.0  # GNU time reports KiB
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+flags = set(next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split())
+ext = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni") if f in flags)
+# allconv's and the paper's probabilities for the same images (a sanity check, printed).
+ap = [r["probabilities"] for r in j("allconv_predict.json")]
+diff = max(abs(a - b) for x, y in zip(ap, pp["probabilities"]) for a, b in zip(x, y))
 rows = [
  "| measure | allconv | peer | ratio (allconv / peer) |",
  "|---|---|---|---|",
  f"| `allconv convert` whole command, cold (s) | {acmd['wall_s']:.2f} | tf2onnx process {tcmd['wall_s']:.2f} | {acmd['wall_s']/tcmd['wall_s']:.3f} ({tcmd['wall_s']/acmd['wall_s']:.1f}x faster) |",
  f"| peak memory, whole command (MiB) | {acmd['peak_mb']:.0f} | tf2onnx process {tcmd['peak_mb']:.0f} | {acmd['peak_mb']/tcmd['peak_mb']:.2f} |",
  f"| inner: read + export + write, median of 3 warm (s) | {ac['convert_s']:.2f} | tf2onnx load + convert, 1 run {tc['convert_s']:.2f} | {ac['convert_s']/tc['convert_s']:.3f} |",
- f"| latency, batch 1 (ms) | tract {tr['latency_ms']:.0f} | onnxruntime {orr['latency_ms']:.0f} | {tr['latency_ms']/orr['latency_ms']:.2f} |",
- f"| latency, batch 1 (ms) | tract {tr['latency_ms']:.0f} | TensorFlow {tfr['latency_ms']:.0f} | {tr['latency_ms']/tfr['latency_ms']:.2f} |",
- f"| peak memory (MiB) | tract {tr['peak_mb']:.0f} | onnxruntime {orr['peak_mb']:.0f} | {tr['peak_mb']/orr['peak_mb']:.2f} |",
- f"| peak memory (MiB) | tract {tr['peak_mb']:.0f} | TensorFlow {tfr['peak_mb']:.0f} | {tr['peak_mb']/tfr['peak_mb']:.2f} |",
 ]
-head = f"ResNet50 + [512-512-1024]x2 whole-image model (full width, {ac['onnx_bytes']/1e6:.0f} MB ONNX), 1x1152x896x3, {threads} threads; latency: median of {runs} runs after one warm-up, each runtime in its own process; {cpu}; {tc['peer']}, {orr['peer']}, {tfr['peer']}."
+for t in threads_list:
+    tr, orr = j(f"tract_run_{t}.json"), j(f"ort_run_{t}.json")
+    rows += [
+     f"| latency, steady state, {t} thread(s) (ms) | tract {tr['latency_ms']:.0f} | onnxruntime {orr['latency_ms']:.0f} | {tr['latency_ms']/orr['latency_ms']:.2f} |",
+     f"| first result (load + optimise + run), {t} thread(s) (s) | tract {tr['first_result_s']:.2f} | onnxruntime {orr['first_result_s']:.2f} | {tr['first_result_s']/orr['first_result_s']:.2f} |",
+    ]
+tr, orr = j(f"tract_run_{threads_list[-1]}.json"), j(f"ort_run_{threads_list[-1]}.json")
+rows += [
+ f"| latency, steady state, {threads_list[-1]} thread(s) (ms) | tract {tr['latency_ms']:.0f} | TensorFlow {tfr['latency_ms']:.0f} | {tr['latency_ms']/tfr['latency_ms']:.2f} |",
+ f"| peak memory, {threads_list[-1]} thread(s) (MiB) | tract {tr['peak_mb']:.0f} | onnxruntime {orr['peak_mb']:.0f} | {tr['peak_mb']/orr['peak_mb']:.2f} |",
+ f"| `allconv predict` on {nimages} 4096x3328 16-bit PNGs, whole command (images/s) | {nimages/apc['wall_s']:.3f} | paper pipeline process {nimages/ppc['wall_s']:.3f} | {ppc['wall_s']/apc['wall_s']:.2f}x the throughput |",
+ f"| inner: paper pipeline's scoring loop only, after imports and model load (images/s) | | {pp['images_per_s']:.3f} | {pp['images_per_s']*apc['wall_s']/nimages:.2f} (peer / allconv whole) |",
+ f"| peak memory, predict (MiB) | {apc['peak_mb']:.0f} | paper pipeline {ppc['peak_mb']:.0f} | {apc['peak_mb']/ppc['peak_mb']:.2f} |",
+]
+head = (f"ResNet50 + [512-512-1024]x2 whole-image model (full width, {ac['onnx_bytes']/1e6:.0f} MB ONNX), 1x1152x896x3; "
+        f"latency: median of {runs} runs after one warm-up, each runtime in its own process; CPU: {cpu} ({ext}), {os.cpu_count()} cores; "
+        f"{tc['peer']}, {orr['peer']}, {tfr['peer']}, {pp['peer']}. "
+        f"allconv's and the paper pipeline's probabilities on the same images differ by at most {diff:.1e}.")
 text = head + "\n\n" + "\n".join(rows) + "\n"
 open(os.path.join(d, "table.md"), "w").write(text)
 print(text)
