@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Where tract spends its time on the paper's model, beside onnxruntime's own profile of the
 # same ONNX file (a measurement, not a test; the README's "Where tract loses" section):
-#   scripts/profile.sh [RUNS] [ALLCONV_BINARY]
+#   scripts/profile.sh [RUNS] [ALLCONV_BINARY TAG]
 # The full-width Keras 2.0.8 ResNet50 whole-image model at 1x1152x896x3 (made by
 # converters/ like scripts/bench.sh), converted by allconv, run at 1 and 2 threads. Per op
 # family: the median over RUNS of the summed node times, tract (`allconv bench run
 # --profile`) and onnxruntime (`enable_profiling`), and tract's matrix products grouped by
 # the kernel tract picked, with their GFLOP/s. ALLCONV_BINARY (default: this checkout's
-# release build) lets a patched tract be profiled the same way.
+# release build) lets a patched tract be profiled the same way, into bench-out/profile-TAG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-bin=${2:-}
+bin=${2:-}; tag=${3:-}
 scripts/setup.sh --python
 model=build/bench/k208_full_resnet50_whole_resnet_tf.h5
 [ -f "$model" ] || bash converters/make_all.sh --bench
 if [ -z "$bin" ]; then cargo build --release --quiet; bin=target/release/allconv; fi
-out=bench-out/profile; mkdir -p "$out"
-onnx=$out/model.onnx
-[ -f "$onnx" ] || target/release/allconv convert "$model" -o "$onnx" --input-size 1152x896 >/dev/null 2>&1 \
-  || "$bin" convert "$model" -o "$onnx" --input-size 1152x896 >/dev/null
+out=bench-out/profile${tag:+-$tag}; mkdir -p "$out"
+# One ONNX file for every binary profiled (the edge build cannot convert).
+onnx=bench-out/profile/model.onnx; mkdir -p bench-out/profile
+if [ ! -f "$onnx" ]; then
+  cargo build --release --quiet
+  target/release/allconv convert "$model" -o "$onnx" --input-size 1152x896 >/dev/null
+fi
 py=.venv-tf/bin/python
 for t in 1 2; do
   echo "profile: tract, $t thread(s)" >&2
