@@ -88,10 +88,15 @@ pub struct Exported {
 
 impl Exported {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        self.model
-            .write_to_bytes()
-            .map_err(|e| Error::Other(format!("serialising ONNX: {e}")))
+        model_bytes(&self.model)
     }
+}
+
+/// A model as ONNX bytes.
+pub fn model_bytes(model: &ModelProto) -> Result<Vec<u8>> {
+    model
+        .write_to_bytes()
+        .map_err(|e| Error::Other(format!("serialising ONNX: {e}")))
 }
 
 /// Keras bilinear UpSampling: Keras < 2.3 resized with align_corners=False and no half

@@ -408,14 +408,17 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     if eo.input_size.is_none() {
         eo.input_size = opts.read.input_size.clone();
     }
-    let mut ex = export(&g, &eo)?;
+    // One copy of the model (the proto holds every weight): the IR's weights are freed
+    // before the test-vector run.
+    let mut proto = export(&g, &eo)?.model;
+    let graph_inputs = g.inputs.len();
+    drop(g);
     // f16 in ONNX: FLOAT16 initializers + Cast. NNEF rounds its own (decluttered) constants.
     let onnx_f16 = opts.weights_f16 && format == OutputFormat::Onnx;
-    let mut f16_initializers = match (onnx_f16, ex.model.graph.as_mut()) {
+    let mut f16_initializers = match (onnx_f16, proto.graph.as_mut()) {
         (true, Some(graph)) => crate::onnx::f16::store_weights_f16(graph),
         _ => 0,
     };
-    let mut proto = ex.model.clone();
     let sha = sha256_file(model)?;
     meta::set_metadata(&mut proto, meta::SOURCE_SHA256, sha.clone());
     if let Some(f) = &folded {
@@ -425,11 +428,7 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             serde_json::to_string(f).unwrap_or_default(),
         );
     }
-    let bytes = crate::onnx::Exported {
-        model: proto.clone(),
-        ..ex.clone()
-    }
-    .to_bytes()?;
+    let bytes = crate::onnx::model_bytes(&proto)?;
 
     // Test vectors.
     let mut source = "none".to_string();
@@ -437,11 +436,11 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     let mut vectors: Option<(Array, Array)> = None;
     match &opts.reference {
         Some(r) => {
-            if g.inputs.len() != 1 {
+            if graph_inputs != 1 {
                 return Err(Error::Other(format!(
                     "{}: the model has {} inputs; embedded test vectors hold one (convert without --reference, and verify with `allconv verify MODEL.h5 --reference {}`)",
                     model.display(),
-                    g.inputs.len(),
+                    graph_inputs,
                     r.display()
                 )));
             }
@@ -483,8 +482,7 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
         }
         _ => {
             // tract's own run on a deterministic input, when the size is known.
-            let inp = ex
-                .model
+            let inp = proto
                 .graph
                 .input
                 .first()
@@ -547,11 +545,7 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             meta::set_metadata(&mut proto, meta::F16_REFERENCE_ERR, format!("{e:e}"));
         }
     }
-    let final_bytes = crate::onnx::Exported {
-        model: proto.clone(),
-        ..ex
-    }
-    .to_bytes()?;
+    let final_bytes = crate::onnx::model_bytes(&proto)?;
     let final_bytes = match format {
         OutputFormat::Onnx => final_bytes,
         OutputFormat::Nnef { gzip } => {
