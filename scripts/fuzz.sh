@@ -61,6 +61,7 @@ report=fuzz/report.tsv; : > "$report"
 for t in $targets; do
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   log="fuzz/$t.log"
+  started=$(mktemp); touch "$started"
   echo "fuzz.sh: $t for ${secs}s" >&2
   # HDF5 allocates what a metadata entry claims before reading it; the read is bounded by
   # the file, so a claim of gigabytes costs address space, not memory. Under ASan such a
@@ -79,7 +80,8 @@ for t in $targets; do
   set -e
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*')
-  found=$(ls "fuzz/artifacts/$t" | wc -l)
+  # This run's findings only (earlier ones stay in the folder until saved under tests/).
+  found=$(find "fuzz/artifacts/$t" -type f -newer "$started" | wc -l); rm -f "$started"
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$secs" "${execs:-?}" "${cov:-?}" "$found" "$rc" >> "$report"
 done
 printf '\n| target | seconds | executions | coverage (edges) | findings | exit |\n|---|---|---|---|---|---|\n'
