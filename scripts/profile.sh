@@ -26,8 +26,8 @@ fi
 py=.venv-tf/bin/python
 for t in 1 2; do
   echo "profile: tract, $t thread(s)" >&2
-  ALLCONV_PROFILE_NODES=100000 "$bin" bench run "$onnx" --shape 1x1152x896x3 --threads $t \
-    --runs "$runs" --profile --json > "$out/tract_$t.json"
+  "$bin" bench run "$onnx" --shape 1x1152x896x3 --threads $t \
+    --runs "$runs" --profile --profile-nodes 100000 --json > "$out/tract_$t.json"
   echo "profile: onnxruntime, $t thread(s)" >&2
   $py converters/ort_profile.py "$onnx" 1152x896 $t "$runs" > "$out/ort_$t.json"
 done

@@ -131,14 +131,14 @@ pub fn bench_convert(
 }
 
 /// Load a model file (ONNX or NNEF) into tract at `input_shape` (batch first) and time
-/// `runs` runs on a deterministic input, after the first; with `profile`, as many more
-/// runs with every node timed.
+/// `runs` runs on a deterministic input, after the first. With `profile_nodes`, as many
+/// more runs with every node timed, and that many of the slowest nodes reported.
 pub fn bench_run(
     path: &Path,
     input_shape: &[usize],
     threads: usize,
     runs: usize,
-    profile: bool,
+    profile_nodes: Option<usize>,
 ) -> Result<RunBench> {
     let t = Instant::now();
     let file = ModelFile::open(path)?;
@@ -165,18 +165,13 @@ pub fn bench_run(
         model.run(&input)?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let (profile, slowest_nodes) = if profile {
+    let (profile, slowest_nodes) = if let Some(keep) = profile_nodes {
         let runs = (0..runs.max(1))
             .map(|_| model.profile(&input))
             .collect::<Result<Vec<_>>>()?;
         let mut slowest = runs[0].clone();
         slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-        slowest.truncate(
-            std::env::var("ALLCONV_PROFILE_NODES")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(10),
-        );
+        slowest.truncate(keep);
         (Some(per_op(&runs)), slowest)
     } else {
         (None, vec![])

@@ -6,7 +6,7 @@
 //! process-wide setting, read where each parser checks, so a user raises (or lowers) a
 //! bound once on the command line (`--limit NAME=VALUE`) and every reader obeys it.
 
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
 
 /// Every bound, in the units its name says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,11 +106,13 @@ impl Default for Limits {
 }
 
 static CURRENT: RwLock<Option<Limits>> = RwLock::new(None);
+/// The defaults, computed once (they read the machine's memory).
+static DEFAULT: OnceLock<Limits> = OnceLock::new();
 
 /// The bounds in force: the defaults unless [`set`] changed them.
 pub fn current() -> Limits {
     let set = *CURRENT.read().unwrap_or_else(|e| e.into_inner());
-    set.unwrap_or_default()
+    set.unwrap_or_else(|| *DEFAULT.get_or_init(Limits::default))
 }
 
 /// Replace the bounds for the whole process (the command line does this once at start).

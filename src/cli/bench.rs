@@ -31,6 +31,9 @@ pub enum BenchCmd {
         /// Also time every node (as many runs again) and print the time per op type.
         #[arg(long)]
         profile: bool,
+        /// With --profile: how many of the slowest nodes to list.
+        #[arg(long, default_value_t = 10)]
+        profile_nodes: usize,
         #[arg(long)]
         json: bool,
     },
@@ -67,10 +70,11 @@ pub fn main(cmd: BenchCmd) -> ExitCode {
             threads,
             runs,
             profile,
+            profile_nodes,
             json,
         } => {
             let threads = threads.unwrap_or_else(allconv::runtime::default_threads);
-            let r = bench_run(&model, &shape, threads, runs, profile).map(|r| {
+            let r = bench_run(&model, &shape, threads, runs, profile.then_some(profile_nodes)).map(|r| {
                 let text = format!("tract {} {:?}, {} threads: {:.1} ms (median of {}), load {:.2} s, first result {:.2} s, peak {:.0} MiB (activations estimated {:.0} MiB)\n", r.model, r.input_shape, r.threads, r.latency_ms, r.runs, r.load_s, r.first_result_s, r.peak_mb, r.activation_estimate_mb);
                 let mut text = text + &profile_table(r.profile.as_deref().unwrap_or_default());
                 for n in &r.slowest_nodes {

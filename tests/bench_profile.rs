@@ -1,0 +1,74 @@
+//! `allconv bench run --profile` (the README's "Where tract loses"): every node is timed,
+//! the per-op table covers the whole plan, and matrix products carry the kernel tract
+//! picked. The numbers are measurements; this checks the report's structure, not speed.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn profile_lists_every_op_and_the_kernels() {
+    let dir = std::env::temp_dir().join(format!("allconv-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let onnx = dir.join("m.onnx");
+    let model = common::fixtures_dir().join("k208_resnet50_whole_resnet/model.h5");
+    let bin = env!("CARGO_BIN_EXE_allconv");
+    let ok = Command::new(bin)
+        .args([
+            "convert",
+            model.to_str().unwrap(),
+            "-o",
+            onnx.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = Command::new(bin)
+        .args([
+            "bench",
+            "run",
+            onnx.to_str().unwrap(),
+            "--shape",
+            "1x225x177x3",
+        ])
+        .args([
+            "--runs",
+            "2",
+            "--threads",
+            "1",
+            "--profile",
+            "--profile-nodes",
+            "4",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ops = r["profile"].as_array().expect("a per-op profile");
+    let names: Vec<&str> = ops.iter().map(|o| o["op"].as_str().unwrap()).collect();
+    assert!(names.contains(&"OptMatMul"), "{names:?}");
+    let nodes: u64 = ops.iter().map(|o| o["nodes"].as_u64().unwrap()).sum();
+    // Every convolution of the ResNet50 (53 of them) lands in some node of the plan.
+    assert!(nodes >= 53, "{nodes} nodes profiled");
+    let ms: Vec<f64> = ops.iter().map(|o| o["ms"].as_f64().unwrap()).collect();
+    assert!(
+        ms.windows(2).all(|w| w[0] >= w[1]),
+        "not sorted by time: {ms:?}"
+    );
+    let slowest = r["slowest_nodes"].as_array().unwrap();
+    assert_eq!(slowest.len(), 4);
+    for n in slowest.iter().filter(|n| n["op"] == "OptMatMul") {
+        assert!(n["info"].as_str().unwrap().contains("Mult: m:"), "{n}");
+    }
+    assert!(r["activation_estimate_mb"].as_f64().unwrap() > 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
