@@ -429,6 +429,8 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
         );
     }
     let bytes = crate::onnx::model_bytes(&proto)?;
+    // tract's errors in the test-vector runs below, named by the source file.
+    let in_file = |e: Error| Error::Other(format!("{}: {e}", model.display()));
 
     // Test vectors.
     let mut source = "none".to_string();
@@ -447,7 +449,6 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             let refs = read_npz(r)?;
             let (i, o) = reference_vectors(&refs, r, &eo)?;
             let (i, o) = (first_items(&i, 1), first_items(&o, 1));
-            let in_file = |e: Error| Error::Other(format!("{}: {e}", model.display()));
             let m = TractModel::load(&bytes, &i.shape, opts.threads.max(1)).map_err(in_file)?;
             let got = m.run(&i.data).map_err(in_file)?;
             let t = got
@@ -518,7 +519,6 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
                 } else {
                     synthetic(n, -1.0, 1.0)
                 };
-                let in_file = |e: Error| Error::Other(format!("{}: {e}", model.display()));
                 let m = TractModel::load(&bytes, &shape, opts.threads.max(1)).map_err(in_file)?;
                 let got = m.run(&data).map_err(in_file)?;
                 if let Some(t) = got.into_iter().next() {
@@ -545,6 +545,8 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             meta::set_metadata(&mut proto, meta::F16_REFERENCE_ERR, format!("{e:e}"));
         }
     }
+    // The test-vector runs are done: one serialised copy at a time.
+    drop(bytes);
     let final_bytes = crate::onnx::model_bytes(&proto)?;
     let final_bytes = match format {
         OutputFormat::Onnx => final_bytes,
