@@ -4,8 +4,9 @@
 # process; images/s of the last (warm) epoch of each, and allconv's whole command wall time.
 #   scripts/bench_train.sh [PATCH.h5] [H] [W] [IMAGES_PER_CLASS] [BATCH] [RECIPE]
 # Default: the narrow ResNet50 patch fixture re-headed with [32-32-64]x2 at 576x448. The
-# paper's full-width model at 1152x896: scripts/bench_train.sh \
-#   build/bench/<full-width patch>.h5 1152 896 16 2 resnet:512x1,512x1:enlarge=2
+# paper's full-width whole-image model at 1152x896 (RECIPE `none`: MODEL is already whole;
+# it comes from converters/make_all.sh --bench): scripts/bench_train.sh \
+#   build/bench/k208_full_resnet50_whole_resnet_tf.h5 1152 896 8 2 none
 set -euo pipefail
 cd "$(dirname "$0")/.."
 patch=${1:-fixtures/k208tf_resnet50_patch/model.h5}
@@ -15,7 +16,11 @@ cargo build --release --quiet
 bin=target/release/allconv; py=.venv-tf/bin/python
 out=bench-out/train; rm -rf "$out"; mkdir -p "$out"
 $py converters/bench_train_peer.py gen "$out/data" "$n" "$h" "$w"
-$bin rehead "$patch" -o "$out/whole.h5" --input-size "${h}x${w}" --top "$recipe" --seed 1 >/dev/null
+if [ "$recipe" = none ]; then
+  cp "$patch" "$out/whole.h5"
+else
+  $bin rehead "$patch" -o "$out/whole.h5" --input-size "${h}x${w}" --top "$recipe" --seed 1 >/dev/null
+fi
 rescale=0.0000305; mean=0.5
 start=$(date +%s.%N)
 /usr/bin/time -f '%M' -o "$out/allconv_peak_kb" $bin finetune "$out/whole.h5" --train "$out/data" \

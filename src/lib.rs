@@ -9,6 +9,7 @@ pub mod files;
 #[cfg(feature = "keras")]
 #[doc(hidden)]
 pub mod fuzz_entry;
+pub mod heap;
 pub mod ir;
 #[cfg(feature = "keras")]
 pub mod keras;

@@ -150,6 +150,7 @@ fn fail(json: bool, err: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    allconv::heap::keep_freed_memory();
     let cli = Cli::parse();
     let mut limits = allconv::limits::current();
     for spec in &cli.limits {

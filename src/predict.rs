@@ -31,9 +31,15 @@ pub struct PredictArgs {
     /// 4-flip test-time augmentation: mean over the image and its h, v and h+v flips.
     #[arg(long)]
     pub tta: bool,
-    /// Threads for tract's matrix products (default: every available core).
+    /// Threads in all (default: every available core), shared among the --jobs.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Images scored at once, each on threads/jobs threads (default: one per thread, at
+    /// most one per image). Several single-threaded runs use the cores better than one run
+    /// spread over all of them; jobs wait while their estimated activations would pass the
+    /// `activation-bytes` limit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: Option<u64>,
     /// CSV output: `file,p0,p1,...,error`.
     #[arg(long, conflicts_with = "json")]
     pub csv: bool,
@@ -82,6 +88,7 @@ mod imp {
     use std::collections::{HashMap, HashSet};
     use std::path::{Path, PathBuf};
     use std::process::ExitCode;
+    use std::sync::{Arc, Condvar, Mutex};
 
     type Res<T> = std::result::Result<T, String>;
 
@@ -112,19 +119,23 @@ mod imp {
         in_graph_tta: bool,
         heatmap: Option<HeatmapReport>,
         threads: usize,
-        plans: HashMap<(usize, usize), TractModel>,
+        /// One optimised plan per input size, shared by the jobs (each runs it on its own
+        /// executor, [`TractModel::with_threads`]).
+        plans: Mutex<HashMap<(usize, usize), Arc<TractModel>>>,
     }
 
     impl Model {
-        fn plan(&mut self, h: usize, w: usize) -> Res<&TractModel> {
-            if !self.plans.contains_key(&(h, w)) {
+        /// The plan at (h, w), optimised by the first job that needs it.
+        fn plan(&self, h: usize, w: usize) -> Res<Arc<TractModel>> {
+            let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+            if !plans.contains_key(&(h, w)) {
                 let shape = if self.nchw {
                     vec![1, self.channels, h, w]
                 } else {
                     vec![1, h, w, self.channels]
                 };
                 let m = match &self.engine {
-                    Engine::File(f) => f.load(&[shape], self.threads),
+                    Engine::File(f) => f.load(&[shape], 1),
                     #[cfg(feature = "keras")]
                     Engine::Keras(g) => {
                         let opts = ExportOptions {
@@ -134,15 +145,45 @@ mod imp {
                         let bytes = onnx::export(g, &opts)
                             .and_then(|e| e.to_bytes())
                             .map_err(|e| format!("converting the model at {h}x{w}: {e}"))?;
-                        TractModel::load(&bytes, &shape, self.threads)
+                        TractModel::load(&bytes, &shape, 1)
                     }
                 }
                 .map_err(|e| format!("loading the model at {h}x{w}: {e}"))?;
-                self.plans.insert((h, w), m);
+                plans.insert((h, w), Arc::new(m));
             }
-            self.plans
+            plans
                 .get(&(h, w))
+                .cloned()
                 .ok_or_else(|| "internal: plan cache".to_string())
+        }
+    }
+
+    /// What one job owns: its executors (one per input size) and its share of the threads.
+    struct Job {
+        threads: usize,
+        plans: HashMap<(usize, usize), TractModel>,
+    }
+
+    /// Activation memory the running jobs may hold between them (the `activation-bytes`
+    /// limit): a job waits for its plan's estimate before it runs.
+    struct MemoryBudget {
+        free: Mutex<u64>,
+        freed: Condvar,
+    }
+
+    impl MemoryBudget {
+        fn run<T>(&self, bytes: u64, f: impl FnOnce() -> T) -> T {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            // A plan above the whole limit was refused when it was built.
+            while *free < bytes {
+                free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+            }
+            *free -= bytes;
+            drop(free);
+            let out = f();
+            *self.free.lock().unwrap_or_else(|e| e.into_inner()) += bytes;
+            self.freed.notify_all();
+            out
         }
     }
 
@@ -222,7 +263,7 @@ mod imp {
                 in_graph_tta,
                 heatmap: None,
                 threads,
-                plans: HashMap::new(),
+                plans: Mutex::new(HashMap::new()),
             })
         } else {
             load_keras(args, threads)
@@ -284,7 +325,7 @@ mod imp {
                 in_graph_tta: false,
                 heatmap,
                 threads,
-                plans: HashMap::new(),
+                plans: Mutex::new(HashMap::new()),
             })
         }
     }
@@ -411,15 +452,27 @@ mod imp {
     }
 
     /// Runs one view; returns the output (probabilities, or the (h, w, K) map) and its shape.
-    fn run_view(m: &mut Model, x: &[f32], shape: [usize; 3]) -> Res<(Vec<f32>, Vec<usize>)> {
-        let nchw = m.nchw;
-        let plan = m.plan(shape[0], shape[1])?;
-        let data = if nchw {
+    fn run_view(
+        m: &Model,
+        job: &mut Job,
+        budget: &MemoryBudget,
+        x: &[f32],
+        shape: [usize; 3],
+    ) -> Res<(Vec<f32>, Vec<usize>)> {
+        let key = (shape[0], shape[1]);
+        if !job.plans.contains_key(&key) {
+            let shared = m.plan(shape[0], shape[1])?;
+            job.plans.insert(key, shared.with_threads(job.threads));
+        }
+        let plan = &job.plans[&key];
+        let data = if m.nchw {
             hwc_to_chw(x, shape)
         } else {
             x.to_vec()
         };
-        let mut outs = plan.run(&data).map_err(|e| e.to_string())?;
+        let mut outs = budget
+            .run(plan.activation_bytes(), || plan.run(&data))
+            .map_err(|e| e.to_string())?;
         if outs.is_empty() {
             return Err("the model has no output".into());
         }
@@ -463,20 +516,22 @@ mod imp {
         (prepared, warning)
     }
 
-    /// Run the model on a prepared image's views; the mean over views, and the heatmap.
+    /// Run the model on a prepared image's views; the mean over views, and the heatmap
+    /// (written under `name`).
     fn score(
-        path: &Path,
+        name: &str,
         prepared: Prepared,
-        m: &mut Model,
+        m: &Model,
+        job: &mut Job,
+        budget: &MemoryBudget,
         args: &PredictArgs,
-        stems: &mut HashSet<String>,
     ) -> Res<(Vec<f32>, [usize; 2], Option<HeatmapOut>)> {
         let Prepared { img, views, shape } = prepared;
         let heat = m.heatmap.is_some();
         let mut acc: Vec<f32> = Vec::new();
         let mut out_shape = Vec::new();
         for (i, v) in views.iter().enumerate() {
-            let (mut y, s) = run_view(m, v, shape)?;
+            let (mut y, s) = run_view(m, job, budget, v, shape)?;
             if heat {
                 let [mh, mw, k] = match s.as_slice() {
                     [1, a, b, c] => [*a, *b, *c],
@@ -535,23 +590,6 @@ mod imp {
         }
         let dir = args.heatmap.clone().unwrap_or_default();
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
-        let mut name = stem.clone();
-        if !stems.insert(name.clone()) {
-            let ext = path
-                .extension()
-                .map(|e| e.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            name = format!("{stem}_{ext}");
-            let mut i = 2;
-            while !stems.insert(name.clone()) {
-                name = format!("{stem}_{ext}{i}");
-                i += 1;
-            }
-        }
         let png = dir.join(format!("{name}_heatmap.png"));
         let npy = dir.join(format!("{name}_heatmap.npy"));
         let plane: Vec<f32> = acc.chunks_exact(k).map(|px| px[class]).collect();
@@ -567,6 +605,36 @@ mod imp {
                 shape: [mh, mw, k],
             }),
         ))
+    }
+
+    /// Heatmap file names, one per image in order: the file's stem, then `stem_ext`,
+    /// `stem_ext2`... where stems repeat; fixed before the jobs start, so that the names do
+    /// not depend on which image finishes first.
+    fn heatmap_names(images: &[PathBuf]) -> Vec<String> {
+        let mut taken = HashSet::new();
+        images
+            .iter()
+            .map(|path| {
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "image".into());
+                let mut name = stem.clone();
+                if !taken.insert(name.clone()) {
+                    let ext = path
+                        .extension()
+                        .map(|e| e.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    name = format!("{stem}_{ext}");
+                    let mut i = 2;
+                    while !taken.insert(name.clone()) {
+                        name = format!("{stem}_{ext}{i}");
+                        i += 1;
+                    }
+                }
+                name
+            })
+            .collect()
     }
 
     /// Minimal `.npy` (version 1.0, little-endian float32, C order).
@@ -653,7 +721,7 @@ mod imp {
     }
 
     pub fn main(args: PredictArgs) -> ExitCode {
-        let mut model = match load_model(&args) {
+        let model = match load_model(&args) {
             Ok(m) => m,
             Err(e) => return fail(&args, &e),
         };
@@ -671,31 +739,63 @@ mod imp {
             );
         }
         let mut out = String::new();
-        let mut stems = HashSet::new();
-        let mut rows = Vec::new();
         let host_tta = args.tta && !model.in_graph_tta;
         let progress = Progress::new(args.images.len(), args.json || args.csv);
+        let images = &args.images;
+        let names = heatmap_names(images);
+        let jobs = args
+            .jobs
+            .map_or(model.threads, |j| j.try_into().unwrap_or(usize::MAX))
+            .min(images.len())
+            .max(1);
+        let budget = MemoryBudget {
+            free: Mutex::new(allconv::limits::current().activation_bytes),
+            freed: Condvar::new(),
+        };
+        let mut slots: Vec<Option<Row>> = images.iter().map(|_| None).collect();
+        // The reader decodes ahead of the jobs (one image each in the queue), so decoding
+        // and resizing overlap inference; results come back in any order.
+        let (tx, rx) = std::sync::mpsc::sync_channel(jobs);
+        let rx = Mutex::new(rx);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::scope(|scope| {
-            // One image ahead: the reader decodes the next while this one runs.
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let plan = &plan;
-            let images = &args.images;
             scope.spawn(move || {
-                for path in images {
-                    if tx.send(prepare(path, plan, host_tta)).is_err() {
+                for (i, path) in images.iter().enumerate() {
+                    if tx.send((i, prepare(path, plan, host_tta))).is_err() {
                         break;
                     }
                 }
             });
-            for path in &args.images {
-                let (prepared, warning) = rx
-                    .recv()
-                    .unwrap_or_else(|_| (Err("internal: the image reader stopped".into()), None));
+            for _ in 0..jobs {
+                let (rx, done_tx) = (&rx, done_tx.clone());
+                let (model, budget, args, names) = (&model, &budget, &args, &names);
+                scope.spawn(move || {
+                    let mut job = Job {
+                        threads: (model.threads / jobs).max(1),
+                        plans: HashMap::new(),
+                    };
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((i, (prepared, warning))) = next else {
+                            break;
+                        };
+                        let result = prepared
+                            .and_then(|p| score(&names[i], p, model, &mut job, budget, args));
+                        if done_tx.send((i, result, warning)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+            let mut done = 0;
+            for (i, result, warning) in done_rx {
+                let path = &images[i];
                 if let Some(w) = &warning {
                     progress.clear();
                     eprintln!("warning: {}: {w}", path.display());
                 }
-                let result = prepared.and_then(|p| score(path, p, &mut model, &args, &mut stems));
                 if let Err(e) = &result {
                     progress.clear();
                     let file = path.display().to_string();
@@ -705,15 +805,27 @@ mod imp {
                         eprintln!("error: {file}: {e}");
                     }
                 }
-                rows.push(Row {
+                slots[i] = Some(Row {
                     file: path.clone(),
                     result,
                     warning,
                 });
-                progress.step(rows.len());
+                done += 1;
+                progress.step(done);
             }
         });
         progress.clear();
+        let rows: Vec<Row> = slots
+            .into_iter()
+            .zip(images)
+            .map(|(r, path)| {
+                r.unwrap_or_else(|| Row {
+                    file: path.clone(),
+                    result: Err("internal: the image was not scored".into()),
+                    warning: None,
+                })
+            })
+            .collect();
         let failed = rows.iter().filter(|r| r.result.is_err()).count();
         let classes = rows
             .iter()

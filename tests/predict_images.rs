@@ -266,6 +266,45 @@ fn corrupt_image_is_reported_and_others_go_on() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("error:"));
 }
 
+/// Several images at once (`--jobs`) give the numbers of one at a time, bit for bit (each job
+/// runs single-threaded in both), in the images' order, with a failing image in its place.
+#[test]
+fn jobs_change_neither_the_numbers_nor_the_order() {
+    let dir = tmpdir("jobs");
+    let bad = dir.join("corrupt.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot a png").unwrap();
+    let mut images = bundled_images();
+    images.insert(3, bad.to_string_lossy().into_owned());
+    let run = |jobs: &str| {
+        let mut args = vec!["predict", WHOLE, "--preprocess", PRE, "--json"];
+        args.extend(["--jobs", jobs, "--threads", jobs]);
+        args.extend(images.iter().map(String::as_str));
+        let out = allconv(&args);
+        assert!(!out.status.success(), "the corrupt image must fail the run");
+        json_rows(&out)
+    };
+    let (one, three) = (run("1"), run("3"));
+    assert_eq!(one.len(), images.len());
+    assert_eq!(three.len(), images.len());
+    for ((a, b), file) in one.iter().zip(&three).zip(&images) {
+        assert_eq!(a["file"], file.as_str());
+        assert_eq!(b["file"], file.as_str());
+        if file.ends_with("corrupt.png") {
+            assert!(a["error"].is_string() && b["error"].is_string(), "{a} {b}");
+        } else {
+            assert_eq!(probs(a), probs(b), "{file}");
+        }
+    }
+    let zero = allconv(&[
+        "predict",
+        WHOLE,
+        "fixtures/images/mdb001.pgm",
+        "--jobs",
+        "0",
+    ]);
+    assert_eq!(zero.status.code(), Some(2), "--jobs 0 is a usage error");
+}
+
 #[test]
 fn tta_is_the_mean_of_the_four_flips() {
     let dir = tmpdir("tta");

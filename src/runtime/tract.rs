@@ -118,17 +118,24 @@ impl TractModel {
             )));
         }
         let plan = typed.into_runnable().map_err(terr("building the plan"))?;
-        let executor = if threads > 1 {
-            Some(multithread::Executor::multithread(threads))
-        } else {
-            None
-        };
+        let executor = (threads > 1).then(|| multithread::Executor::multithread(threads));
         Ok(TractModel {
             plan,
             input_shapes: input_shapes.to_vec(),
             executor,
             activation_bytes,
         })
+    }
+
+    /// The same optimised plan (shared, not copied) on its own executor of `threads`:
+    /// how several images run at once, each on its own share of the cores.
+    pub fn with_threads(&self, threads: usize) -> TractModel {
+        TractModel {
+            plan: self.plan.clone(),
+            input_shapes: self.input_shapes.clone(),
+            executor: (threads > 1).then(|| multithread::Executor::multithread(threads)),
+            activation_bytes: self.activation_bytes,
+        }
     }
 
     pub fn input_shapes(&self) -> &[Vec<usize>] {
