@@ -34,8 +34,13 @@ pub struct PredictArgs {
     /// Threads in all (default: every available core), shared among the --jobs.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Runtime: `tract` (ONNX), `torch` (libtorch, Keras .h5 models only), or `auto`: torch
+    /// for a .h5 where this build has libtorch (faster on x86 CPUs: the README's
+    /// benchmark), tract otherwise.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tract", "torch"])]
+    pub backend: String,
     /// Images scored at once, each on threads/jobs threads (default: one per thread, at
-    /// most one per image). Several single-threaded runs use the cores better than one run
+    /// most one per image; always one with torch, which spreads one run over the threads). Several single-threaded runs use the cores better than one run
     /// spread over all of them; jobs wait while their estimated activations would pass the
     /// `activation-bytes` limit.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -106,6 +111,10 @@ mod imp {
         /// A Keras graph, exported to ONNX in memory at each size it is run at.
         #[cfg(feature = "keras")]
         Keras(Box<Graph>),
+        /// A Keras graph on libtorch (CPU), any input size; one job (libtorch tensors are
+        /// not `Sync`, and one run already spreads over the threads).
+        #[cfg(feature = "torch")]
+        Torch(Mutex<Box<allconv::torch::TorchModel>>),
     }
 
     struct Model {
@@ -125,6 +134,14 @@ mod imp {
     }
 
     impl Model {
+        fn is_torch(&self) -> bool {
+            #[cfg(feature = "torch")]
+            if matches!(self.engine, Engine::Torch(_)) {
+                return true;
+            }
+            false
+        }
+
         /// The plan at (h, w), optimised by the first job that needs it.
         fn plan(&self, h: usize, w: usize) -> Res<Arc<TractModel>> {
             let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
@@ -136,6 +153,8 @@ mod imp {
                 };
                 let m = match &self.engine {
                     Engine::File(f) => f.load(&[shape], 1),
+                    #[cfg(feature = "torch")]
+                    Engine::Torch(_) => return Err("internal: no tract plan for torch".into()),
                     #[cfg(feature = "keras")]
                     Engine::Keras(g) => {
                         let opts = ExportOptions {
@@ -197,6 +216,12 @@ mod imp {
             .unwrap_or_else(allconv::runtime::default_threads)
             .max(1);
         if !is_h5 {
+            if args.backend == "torch" {
+                return Err(format!(
+                    "{}: --backend torch runs Keras .h5 models; ONNX and NNEF files run in tract",
+                    path.display()
+                ));
+            }
             if args.heatmap.is_some() {
                 return Err(
                     "--heatmap needs the Keras .h5 patch classifier: the heatmap pass rewrites the model's IR, not an ONNX or NNEF file"
@@ -316,9 +341,11 @@ mod imp {
                 (false, Some(h), Some(w)) => Some((h, w)),
                 _ => None,
             };
+            let nchw = inp.data_format == DataFormat::ChannelsFirst;
+            let engine = keras_engine(args, g, threads)?;
             Ok(Model {
-                nchw: inp.data_format == DataFormat::ChannelsFirst,
-                engine: Engine::Keras(Box::new(g)),
+                nchw,
+                engine,
                 channels,
                 fixed_hw,
                 in_graph_pre: None,
@@ -328,6 +355,24 @@ mod imp {
                 plans: Mutex::new(HashMap::new()),
             })
         }
+    }
+
+    /// tract (ONNX in memory) or libtorch for a Keras graph, as `--backend` says.
+    #[cfg(feature = "keras")]
+    fn keras_engine(args: &PredictArgs, g: Graph, threads: usize) -> Res<Engine> {
+        #[cfg(feature = "torch")]
+        if args.backend != "tract" {
+            tch::set_num_threads(threads.try_into().unwrap_or(i32::MAX));
+            let t = allconv::torch::TorchModel::new(&g, tch::Device::Cpu)
+                .map_err(|e| format!("{}: {e}", args.model.display()))?;
+            return Ok(Engine::Torch(Mutex::new(Box::new(t))));
+        }
+        #[cfg(not(feature = "torch"))]
+        if args.backend == "torch" {
+            return Err("--backend torch needs allconv built with the `torch` feature".into());
+        }
+        let _ = threads;
+        Ok(Engine::Keras(Box::new(g)))
     }
 
     /// The host-side pipeline and how it was chosen.
@@ -459,6 +504,11 @@ mod imp {
         x: &[f32],
         shape: [usize; 3],
     ) -> Res<(Vec<f32>, Vec<usize>)> {
+        #[cfg(feature = "torch")]
+        if let Engine::Torch(t) = &m.engine {
+            let t = t.lock().unwrap_or_else(|e| e.into_inner());
+            return run_torch(&t, m.nchw, x, shape);
+        }
         let key = (shape[0], shape[1]);
         if !job.plans.contains_key(&key) {
             let shared = m.plan(shape[0], shape[1])?;
@@ -477,6 +527,31 @@ mod imp {
             return Err("the model has no output".into());
         }
         let o = outs.swap_remove(0);
+        Ok((o.data, o.shape))
+    }
+
+    /// One view on libtorch: Keras layout in (NHWC, or NCHW for a channels-first model) and out.
+    #[cfg(feature = "torch")]
+    fn run_torch(
+        t: &allconv::torch::TorchModel,
+        nchw: bool,
+        x: &[f32],
+        [h, w, c]: [usize; 3],
+    ) -> Res<(Vec<f32>, Vec<usize>)> {
+        use allconv::torch::{from_host, to_host};
+        let (data, dims) = if nchw {
+            (hwc_to_chw(x, [h, w, c]), [1, c, h, w])
+        } else {
+            (x.to_vec(), [1, h, w, c])
+        };
+        let input = from_host(&dims, &data, t.device()).map_err(|e| e.to_string())?;
+        let mut outs = t
+            .forward_outputs(&[input], false)
+            .map_err(|e| e.to_string())?;
+        if outs.is_empty() {
+            return Err("the model has no output".into());
+        }
+        let o = to_host(&outs.swap_remove(0)).map_err(|e| e.to_string())?;
         Ok((o.data, o.shape))
     }
 
@@ -743,11 +818,14 @@ mod imp {
         let progress = Progress::new(args.images.len(), args.json || args.csv);
         let images = &args.images;
         let names = heatmap_names(images);
-        let jobs = args
-            .jobs
-            .map_or(model.threads, |j| j.try_into().unwrap_or(usize::MAX))
-            .min(images.len())
-            .max(1);
+        let jobs = if model.is_torch() {
+            1
+        } else {
+            args.jobs
+                .map_or(model.threads, |j| j.try_into().unwrap_or(usize::MAX))
+                .min(images.len())
+                .max(1)
+        };
         let budget = MemoryBudget {
             free: Mutex::new(allconv::limits::current().activation_bytes),
             freed: Condvar::new(),

@@ -144,16 +144,32 @@ fn every_format_gives_probabilities() {
         assert_eq!(r["preprocess_source"], "--preprocess");
         assert_eq!(r["input_size"], serde_json::json!([225, 177]));
     }
-    // The .h5 directly (converted in memory) gives the same numbers.
-    let mut args_h5 = vec!["predict", WHOLE, "--preprocess", PRE, "--json"];
-    args_h5.extend(images.iter().map(String::as_str));
-    let out_h5 = allconv(&args_h5);
-    assert!(out_h5.status.success());
-    for (a, b) in rows.iter().zip(json_rows(&out_h5)) {
-        for (x, y) in probs(a).iter().zip(probs(&b)) {
-            assert!((x - y).abs() < 1e-6, "{a} vs {b}");
+    // The .h5 directly gives the same numbers: on libtorch (the default for .h5, when built)
+    // and on tract (converted to ONNX in memory).
+    for backend in ["torch", "tract"] {
+        let mut args_h5 = vec!["predict", WHOLE, "--preprocess", PRE, "--json"];
+        args_h5.extend(["--backend", backend]);
+        args_h5.extend(images.iter().map(String::as_str));
+        let out_h5 = allconv(&args_h5);
+        assert!(
+            out_h5.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&out_h5.stderr)
+        );
+        for (a, b) in rows.iter().zip(json_rows(&out_h5)) {
+            for (x, y) in probs(a).iter().zip(probs(&b)) {
+                assert!((x - y).abs() < 1e-6, "{backend}: {a} vs {b}");
+            }
         }
     }
+    // libtorch runs Keras graphs, not ONNX files: refused by name.
+    let out = allconv(&["predict", &model, &images[0], "--backend", "torch"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--backend torch runs Keras .h5 models"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `predict` warns, per image, when its values do not fit the preprocessing: under the
@@ -271,12 +287,13 @@ fn corrupt_image_is_reported_and_others_go_on() {
 #[test]
 fn jobs_change_neither_the_numbers_nor_the_order() {
     let dir = tmpdir("jobs");
+    let model = whole_onnx(&dir, "whole.onnx", None, None);
     let bad = dir.join("corrupt.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot a png").unwrap();
     let mut images = bundled_images();
     images.insert(3, bad.to_string_lossy().into_owned());
     let run = |jobs: &str| {
-        let mut args = vec!["predict", WHOLE, "--preprocess", PRE, "--json"];
+        let mut args = vec!["predict", model.as_str(), "--preprocess", PRE, "--json"];
         args.extend(["--jobs", jobs, "--threads", jobs]);
         args.extend(images.iter().map(String::as_str));
         let out = allconv(&args);
