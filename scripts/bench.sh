@@ -63,9 +63,12 @@ PY
   mv "$imgs.tmp" "$imgs"
 fi
 files=$(ls "$imgs"/*.png | head -n "$nimages")
-echo "bench: allconv predict, $nimages images"
+echo "bench: allconv predict on the ONNX file (tract), $nimages images"
 /usr/bin/time -f '{"wall_s": %e, "peak_mb": %M}' -o "$out/allconv_predict_cmd.json" \
   $bin predict "$out/allconv.onnx" $files --preprocess size=$size,rescale=0.003891,mean=52.18,gray --json > "$out/allconv_predict.json"
+echo "bench: allconv predict on the .h5 (libtorch), $nimages images"
+/usr/bin/time -f '{"wall_s": %e, "peak_mb": %M}' -o "$out/allconv_predict_h5_cmd.json" \
+  $bin predict "$model" $files --preprocess size=$size,rescale=0.003891,mean=52.18,gray --json > "$out/allconv_predict_h5.json"
 echo "bench: paper pipeline, $nimages images"
 /usr/bin/time -f '{"wall_s": %e, "peak_mb": %M}' -o "$out/paper_predict_cmd.json" \
   $py converters/bench_peers.py paper "$model" $size "$cores" $files 2>/dev/null | tail -1 > "$out/paper_predict.json"
@@ -77,7 +80,8 @@ j = lambda n: json.load(open(os.path.join(d, n)))
 ac, tc, tfr = j("allconv_convert.json"), j("tf2onnx_convert.json"), j("tf_run.json")
 acmd, tcmd = j("allconv_cmd.json"), j("tf2onnx_cmd.json")
 apc, ppc, pp = j("allconv_predict_cmd.json"), j("paper_predict_cmd.json"), j("paper_predict.json")
-for m in (acmd, tcmd, apc, ppc):
+ahc = j("allconv_predict_h5_cmd.json")
+for m in (acmd, tcmd, apc, ppc, ahc):
     m["peak_mb"] /= 1024.0  # GNU time reports KiB
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 flags = set(next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split())
@@ -105,9 +109,10 @@ tr, orr = j(f"tract_run_{threads_list[-1]}.json"), j(f"ort_run_{threads_list[-1]
 rows += [
  f"| latency, steady state, {threads_list[-1]} thread(s) (ms) | tract {tr['latency_ms']:.0f} | TensorFlow {tfr['latency_ms']:.0f} | {tr['latency_ms']/tfr['latency_ms']:.2f} |",
  f"| peak memory, {threads_list[-1]} thread(s) (MiB) | tract {tr['peak_mb']:.0f} | onnxruntime {orr['peak_mb']:.0f} | {tr['peak_mb']/orr['peak_mb']:.2f} |",
- f"| `allconv predict` on {nimages} 4096x3328 16-bit PNGs, whole command (images/s) | {nimages/apc['wall_s']:.3f} | paper pipeline process {nimages/ppc['wall_s']:.3f} | {ppc['wall_s']/apc['wall_s']:.2f}x the throughput |",
+ f"| `allconv predict MODEL.onnx` (tract) on {nimages} 4096x3328 16-bit PNGs, whole command (images/s) | {nimages/apc['wall_s']:.3f} | paper pipeline process {nimages/ppc['wall_s']:.3f} | {ppc['wall_s']/apc['wall_s']:.2f}x the throughput |",
+ f"| `allconv predict MODEL.h5` (libtorch) on the same images, whole command (images/s) | {nimages/ahc['wall_s']:.3f} | paper pipeline process {nimages/ppc['wall_s']:.3f} | {ppc['wall_s']/ahc['wall_s']:.2f}x the throughput |",
  f"| inner: paper pipeline's scoring loop only, after imports and model load (images/s) | | {pp['images_per_s']:.3f} | {pp['images_per_s']*apc['wall_s']/nimages:.2f} (peer / allconv whole) |",
- f"| peak memory, predict (MiB) | {apc['peak_mb']:.0f} | paper pipeline {ppc['peak_mb']:.0f} | {apc['peak_mb']/ppc['peak_mb']:.2f} |",
+ f"| peak memory, predict .onnx / .h5 (MiB) | {apc['peak_mb']:.0f} / {ahc['peak_mb']:.0f} | paper pipeline {ppc['peak_mb']:.0f} | {apc['peak_mb']/ppc['peak_mb']:.2f} / {ahc['peak_mb']/ppc['peak_mb']:.2f} |",
 ]
 head = (f"ResNet50 + [512-512-1024]x2 whole-image model (full width, {ac['onnx_bytes']/1e6:.0f} MB ONNX), 1x1152x896x3; "
         f"latency: median of {runs} runs after one warm-up, each runtime in its own process; CPU: {cpu} ({ext}), {os.cpu_count()} cores; "

@@ -150,8 +150,15 @@ fn fail(json: bool, err: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    allconv::heap::keep_freed_memory();
     let cli = Cli::parse();
+    // Commands that run a network over and over keep freed memory for the next run; a
+    // one-shot command (convert's single test run) would only raise its peak.
+    if matches!(
+        cli.command,
+        Command::Predict(_) | Command::Bench(_) | Command::Finetune(_)
+    ) {
+        allconv::heap::keep_freed_memory();
+    }
     let mut limits = allconv::limits::current();
     for spec in &cli.limits {
         match limits.with(spec) {
