@@ -39,9 +39,10 @@ pub struct PredictArgs {
     /// benchmark), tract otherwise.
     #[arg(long, default_value = "auto", value_parser = ["auto", "tract", "torch"])]
     pub backend: String,
-    /// Images scored at once, each on threads/jobs threads (default: one per thread, at
-    /// most one per image; always one with torch, which spreads one run over the threads). Several single-threaded runs use the cores better than one run
-    /// spread over all of them; jobs wait while their estimated activations would pass the
+    /// Images scored at once on tract, each on threads/jobs threads (default: one per
+    /// thread, at most one per image; always one with torch, which spreads one run over the
+    /// threads). Several single-threaded runs use the cores better than one run spread over
+    /// all of them; jobs wait while their estimated activations would pass the
     /// `activation-bytes` limit.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub jobs: Option<u64>,
@@ -504,22 +505,33 @@ mod imp {
         x: &[f32],
         shape: [usize; 3],
     ) -> Res<(Vec<f32>, Vec<usize>)> {
+        let [h, w, _] = shape;
+        // The model's input layout: NHWC as prepared, or NCHW (a copy) for channels-first.
+        let data = if m.nchw {
+            std::borrow::Cow::Owned(hwc_to_chw(x, shape))
+        } else {
+            std::borrow::Cow::Borrowed(x)
+        };
         #[cfg(feature = "torch")]
         if let Engine::Torch(t) = &m.engine {
+            use allconv::torch::{from_host, to_host};
             let t = t.lock().unwrap_or_else(|e| e.into_inner());
-            return run_torch(&t, m.nchw, x, shape);
+            let c = shape[2];
+            let dims = if m.nchw { [1, c, h, w] } else { [1, h, w, c] };
+            let input = from_host(&dims, &data, t.device()).map_err(|e| e.to_string())?;
+            let outs = t
+                .forward_outputs(&[input], false)
+                .map_err(|e| e.to_string())?;
+            let o = outs.first().ok_or("the model has no output")?;
+            let o = to_host(o).map_err(|e| e.to_string())?;
+            return Ok((o.data, o.shape));
         }
-        let key = (shape[0], shape[1]);
+        let key = (h, w);
         if !job.plans.contains_key(&key) {
-            let shared = m.plan(shape[0], shape[1])?;
+            let shared = m.plan(h, w)?;
             job.plans.insert(key, shared.with_threads(job.threads));
         }
         let plan = &job.plans[&key];
-        let data = if m.nchw {
-            hwc_to_chw(x, shape)
-        } else {
-            x.to_vec()
-        };
         let mut outs = budget
             .run(plan.activation_bytes(), || plan.run(&data))
             .map_err(|e| e.to_string())?;
@@ -527,31 +539,6 @@ mod imp {
             return Err("the model has no output".into());
         }
         let o = outs.swap_remove(0);
-        Ok((o.data, o.shape))
-    }
-
-    /// One view on libtorch: Keras layout in (NHWC, or NCHW for a channels-first model) and out.
-    #[cfg(feature = "torch")]
-    fn run_torch(
-        t: &allconv::torch::TorchModel,
-        nchw: bool,
-        x: &[f32],
-        [h, w, c]: [usize; 3],
-    ) -> Res<(Vec<f32>, Vec<usize>)> {
-        use allconv::torch::{from_host, to_host};
-        let (data, dims) = if nchw {
-            (hwc_to_chw(x, [h, w, c]), [1, c, h, w])
-        } else {
-            (x.to_vec(), [1, h, w, c])
-        };
-        let input = from_host(&dims, &data, t.device()).map_err(|e| e.to_string())?;
-        let mut outs = t
-            .forward_outputs(&[input], false)
-            .map_err(|e| e.to_string())?;
-        if outs.is_empty() {
-            return Err("the model has no output".into());
-        }
-        let o = to_host(&outs.swap_remove(0)).map_err(|e| e.to_string())?;
         Ok((o.data, o.shape))
     }
 
