@@ -34,6 +34,7 @@ echo "bench: tf2onnx convert"; $py converters/bench_peers.py tf2onnx "$model" "$
 for t in $threads_list; do
   echo "bench: tract, $t thread(s)";       $bin bench run "$out/allconv.onnx" --shape $shape --threads "$t" --runs "$runs" --json > "$out/tract_run_$t.json"
   echo "bench: onnxruntime, $t thread(s)"; $py converters/bench_peers.py ort "$out/allconv.onnx" $size "$t" "$runs" 2>/dev/null | tail -1 > "$out/ort_run_$t.json"
+  echo "bench: libtorch on the .h5, $t thread(s)"; $bin bench run "$model" --shape $shape --threads "$t" --runs "$runs" --json > "$out/torch_run_$t.json"
 done
 echo "bench: tensorflow, $cores thread(s)";  $py converters/bench_peers.py tf "$model" $size "$cores" "$runs" 2>/dev/null | tail -1 > "$out/tf_run.json"
 
@@ -104,6 +105,12 @@ for t in threads_list:
     rows += [
      f"| latency, steady state, {t} thread(s) (ms) | tract {tr['latency_ms']:.0f} | onnxruntime {orr['latency_ms']:.0f} | {tr['latency_ms']/orr['latency_ms']:.2f} |",
      f"| first result (load + optimise + run), {t} thread(s) (s) | tract {tr['first_result_s']:.2f} | onnxruntime {orr['first_result_s']:.2f} | {tr['first_result_s']/orr['first_result_s']:.2f} |",
+    ]
+for t in threads_list:
+    th, orr = j(f"torch_run_{t}.json"), j(f"ort_run_{t}.json")
+    rows += [
+     f"| latency, steady state, {t} thread(s), the .h5 on libtorch as `predict` runs it (ms) | libtorch {th['latency_ms']:.0f} | onnxruntime {orr['latency_ms']:.0f} | {th['latency_ms']/orr['latency_ms']:.2f} |",
+     f"| first result (read .h5 + weights + run), {t} thread(s) (s) | libtorch {th['first_result_s']:.2f} | onnxruntime {orr['first_result_s']:.2f} | {th['first_result_s']/orr['first_result_s']:.2f} |",
     ]
 tr, orr = j(f"tract_run_{threads_list[-1]}.json"), j(f"ort_run_{threads_list[-1]}.json")
 rows += [

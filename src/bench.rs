@@ -27,8 +27,11 @@ pub struct RunBench {
     pub model: String,
     pub input_shape: Vec<usize>,
     pub threads: usize,
-    pub format: crate::runtime::Format,
-    /// Read the file + optimize + make runnable.
+    /// `tract` (an ONNX or NNEF file) or `libtorch` (a Keras .h5).
+    pub runtime: &'static str,
+    /// The file's format in tract; none for a Keras file.
+    pub format: Option<crate::runtime::Format>,
+    /// Read the file + optimize (tract) or build the VarStore (libtorch).
     pub load_s: f64,
     /// Time to first result: load_s plus the first (cold) run.
     pub first_result_s: f64,
@@ -37,8 +40,9 @@ pub struct RunBench {
     pub runs: usize,
     pub peak_mb: f64,
     /// The activation memory allconv estimates before running (`--limit activation-bytes`
-    /// is held against it), beside the measured `peak_mb`.
-    pub activation_estimate_mb: f64,
+    /// is held against it), beside the measured `peak_mb`; tract only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_estimate_mb: Option<f64>,
     /// With `--profile`: time per tract op type, most expensive first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<OpTime>>,
@@ -146,25 +150,10 @@ pub fn bench_run(
     let load_s = t.elapsed().as_secs_f64();
     let format = file.format;
     drop(file);
-    let n: usize = input_shape.iter().product();
-    // The same pseudo-random stream for every run (a fixed LCG: no dependency).
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let input: Vec<f32> = (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
+    let input = bench_input(input_shape);
     model.run(&input)?;
     let first_result_s = t.elapsed().as_secs_f64();
-    let mut times = Vec::new();
-    for _ in 0..runs.max(1) {
-        let t = Instant::now();
-        model.run(&input)?;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
+    let times = time_runs(runs, || model.run(&input).map(drop))?;
     let (profile, slowest_nodes) = if let Some(keep) = profile_nodes {
         let runs = (0..runs.max(1))
             .map(|_| model.profile(&input))
@@ -180,14 +169,85 @@ pub fn bench_run(
         model: path.display().to_string(),
         input_shape: input_shape.to_vec(),
         threads,
-        format,
+        runtime: "tract",
+        format: Some(format),
         load_s,
         first_result_s,
         latency_ms: median(times),
         runs: runs.max(1),
         peak_mb: peak_rss_mb(),
-        activation_estimate_mb: model.activation_bytes() as f64 / (1u64 << 20) as f64,
+        activation_estimate_mb: Some(model.activation_bytes() as f64 / (1u64 << 20) as f64),
         profile,
         slowest_nodes,
+    })
+}
+
+/// The same pseudo-random input for every run and runtime (a fixed LCG: no dependency).
+fn bench_input(shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// `runs` timed runs (at least one), in ms.
+fn time_runs(runs: usize, mut run: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            run()?;
+            Ok(t.elapsed().as_secs_f64() * 1000.0)
+        })
+        .collect()
+}
+
+/// [`bench_run`] for a Keras `.h5` on libtorch (CPU), as `predict --backend torch` runs
+/// it: read + VarStore is the load, then the same input and timing loop.
+#[cfg(feature = "torch")]
+pub fn bench_run_torch(
+    path: &Path,
+    input_shape: &[usize],
+    threads: usize,
+    runs: usize,
+) -> Result<RunBench> {
+    use crate::torch::{from_host, TorchModel};
+    tch::set_num_threads(threads.try_into().unwrap_or(i32::MAX));
+    let t = Instant::now();
+    let graph = read_model(path, &ReadOptions::default())?;
+    let model = if std::env::var_os("NOFOLD").is_some() {
+        TorchModel::new(&graph, tch::Device::Cpu)?
+    } else {
+        TorchModel::for_inference(&graph, tch::Device::Cpu)?
+    };
+    drop(graph);
+    let load_s = t.elapsed().as_secs_f64();
+    let input = bench_input(input_shape);
+    let run = || -> Result<()> {
+        let x = from_host(input_shape, &input, tch::Device::Cpu)?;
+        model.forward_t(&x, false).map(drop)
+    };
+    run()?;
+    let first_result_s = t.elapsed().as_secs_f64();
+    let times = time_runs(runs, run)?;
+    Ok(RunBench {
+        model: path.display().to_string(),
+        input_shape: input_shape.to_vec(),
+        threads,
+        runtime: "libtorch",
+        format: None,
+        load_s,
+        first_result_s,
+        latency_ms: median(times),
+        runs: runs.max(1),
+        peak_mb: peak_rss_mb(),
+        activation_estimate_mb: None,
+        profile: None,
+        slowest_nodes: vec![],
     })
 }

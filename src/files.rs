@@ -5,8 +5,8 @@ use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
 /// Run `f` on a fresh temp path beside `path`, then rename it into place; on any error
-/// the temp file is removed and `path` is untouched.
-pub fn atomic_write(path: &Path, f: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// the temp file is removed and `path` is untouched. Returns what `f` returned.
+pub fn atomic_write<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let io = |message: String| Error::Io {
         file: path.to_path_buf(),
         message,
@@ -31,11 +31,12 @@ pub fn atomic_write(path: &Path, f: impl FnOnce(&Path) -> Result<()>) -> Result<
         .create_new(true)
         .open(&tmp)
         .map_err(|e| io(format!("cannot create a file in {}: {e}", dir.display())))?;
-    let result = f(&tmp).and_then(|()| {
+    let result = f(&tmp).and_then(|value| {
         std::fs::File::open(&tmp)
             .and_then(|h| h.sync_all())
             .map_err(|e| io(format!("flushing {}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(format!("renaming into place: {e}")))
+        std::fs::rename(&tmp, path).map_err(|e| io(format!("renaming into place: {e}")))?;
+        Ok(value)
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

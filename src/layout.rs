@@ -4,45 +4,110 @@
 
 use crate::ir::Tensor;
 
-/// Transpose a row-major tensor: output axis `i` is input axis `perm[i]`. Walks the
-/// output in order, a row at a time, updating the input offset incrementally (a full-width
-/// ResNet50 has 25M weights to permute at export).
+/// Transpose a row-major tensor: output axis `i` is input axis `perm[i]`. A full-width
+/// ResNet50 has 25M weights to permute at export (HWIO -> OIHW), so the permutation is
+/// first reduced to its essential axes, then moved in cache-sized tiles.
 pub fn transpose(t: &Tensor, perm: &[usize]) -> Tensor {
-    let rank = t.shape.len();
-    debug_assert_eq!(perm.len(), rank);
+    debug_assert_eq!(perm.len(), t.shape.len());
     let out_shape: Vec<usize> = perm.iter().map(|&p| t.shape[p]).collect();
-    let n = t.data.len();
-    if rank == 0 || n == 0 {
-        return Tensor {
-            shape: out_shape,
-            data: t.data.clone(),
-        };
-    }
-    let mut in_strides = vec![1usize; rank];
-    for i in (0..rank - 1).rev() {
-        in_strides[i] = in_strides[i + 1] * t.shape[i + 1];
-    }
-    let strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    let (row, row_stride) = (out_shape[rank - 1], strides[rank - 1]);
-    let mut data = Vec::with_capacity(n);
-    let mut idx = vec![0usize; rank];
-    let mut off = 0usize;
-    for _ in 0..n / row {
-        data.extend((0..row).map(|k| t.data[off + k * row_stride]));
-        // Advance the odometer over the outer axes.
-        for a in (0..rank - 1).rev() {
-            idx[a] += 1;
-            off += strides[a];
-            if idx[a] < out_shape[a] {
-                break;
-            }
-            off -= strides[a] * out_shape[a];
-            idx[a] = 0;
-        }
-    }
+    let (shape, perm) = essential_axes(&t.shape, perm);
     Tensor {
         shape: out_shape,
-        data,
+        data: permute(&t.data, &shape, &perm),
+    }
+}
+
+/// The same permutation with size-1 axes dropped and input axes that stay adjacent and in
+/// order merged: HWIO -> OIHW of a 1x1 kernel is a plain 2D transpose, and of a 3x3 one a
+/// transpose of (9, I, O) to (O, I, 9).
+fn essential_axes(shape: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let kept: Vec<usize> = (0..shape.len()).filter(|&a| shape[a] > 1).collect();
+    let rank_in_kept = |a: usize| kept.iter().position(|&k| k == a);
+    // Runs of output axes whose input axes are consecutive, in output order.
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    for k in perm.iter().filter_map(|&a| rank_in_kept(a)) {
+        match runs.last_mut() {
+            Some(run) if k > 0 && run.last() == Some(&(k - 1)) => run.push(k),
+            _ => runs.push(vec![k]),
+        }
+    }
+    // Each run is one axis; in the input they sit in the order of their first axis.
+    let mut by_input: Vec<usize> = (0..runs.len()).collect();
+    by_input.sort_by_key(|&r| runs[r][0]);
+    let merged_shape = by_input
+        .iter()
+        .map(|&r| runs[r].iter().map(|&k| shape[kept[k]]).product())
+        .collect();
+    let merged_perm = (0..runs.len())
+        .map(|r| by_input.iter().position(|&x| x == r).unwrap_or(r))
+        .collect();
+    (merged_shape, merged_perm)
+}
+
+/// Move `src` (row-major `shape`) to the row-major order of `perm`'s output. Walks every
+/// output axis but two with an odometer; those two (the output's last axis and the one
+/// holding the input's contiguous axis) are moved in 16x16 tiles, so that reads and writes
+/// both stay within a few cache lines.
+fn permute(src: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
+    let rank = shape.len();
+    if rank <= 1 || src.is_empty() {
+        return src.to_vec();
+    }
+    let strides = |dims: &[usize]| {
+        let mut s = vec![1usize; rank];
+        for i in (0..rank - 1).rev() {
+            s[i] = s[i + 1] * dims[i + 1];
+        }
+        s
+    };
+    let in_strides = strides(shape);
+    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let out_strides = strides(&out_shape);
+    let last = rank - 1;
+    // The output axis that holds the input's contiguous one.
+    let q = perm.iter().position(|&p| p == last).unwrap_or(last);
+    let outer: Vec<usize> = (0..rank).filter(|&k| k != q && k != last).collect();
+    let (rows, row_len) = (out_shape[q], out_shape[last]);
+    let (row_step, read_step) = (out_strides[q], in_strides[perm[last]]);
+    let mut out = vec![0f32; src.len()];
+    let mut idx = vec![0usize; outer.len()];
+    let (mut at_in, mut at_out) = (0usize, 0usize);
+    loop {
+        if q == last {
+            // The contiguous axis stays last: whole rows copy.
+            out[at_out..at_out + row_len].copy_from_slice(&src[at_in..at_in + row_len]);
+        } else {
+            const TILE: usize = 16;
+            for i0 in (0..rows).step_by(TILE) {
+                for j0 in (0..row_len).step_by(TILE) {
+                    for i in i0..(i0 + TILE).min(rows) {
+                        let o = at_out + i * row_step;
+                        let base = at_in + i;
+                        for j in j0..(j0 + TILE).min(row_len) {
+                            out[o + j] = src[base + j * read_step];
+                        }
+                    }
+                }
+            }
+        }
+        // Advance the odometer over the outer axes, the innermost first.
+        let mut k = outer.len();
+        loop {
+            if k == 0 {
+                return out;
+            }
+            k -= 1;
+            let axis = outer[k];
+            idx[k] += 1;
+            at_in += in_strides[perm[axis]];
+            at_out += out_strides[axis];
+            if idx[k] < out_shape[axis] {
+                break;
+            }
+            at_in -= in_strides[perm[axis]] * out_shape[axis];
+            at_out -= out_strides[axis] * out_shape[axis];
+            idx[k] = 0;
+        }
     }
 }
 
@@ -213,8 +278,19 @@ mod tests {
                 })
                 .collect()
         }
-        for rank in 1..=4 {
-            let shape: Vec<usize> = [2, 3, 4, 5][..rank].to_vec();
+        // Small sizes, size-1 axes (dropped before the walk) and sizes past a 16x16 tile.
+        let shapes: Vec<Vec<usize>> = (1..=4)
+            .map(|rank| [2, 3, 4, 5][..rank].to_vec())
+            .chain([
+                vec![1, 1, 37, 20],
+                vec![3, 1, 17, 33],
+                vec![1, 2, 1, 1],
+                vec![1],
+            ])
+            .chain([vec![3, 3, 18, 35], vec![2, 1, 19, 3, 17]])
+            .collect();
+        for shape in shapes {
+            let rank = shape.len();
             let n: usize = shape.iter().product();
             let t = Tensor::new(shape.clone(), (0..n).map(|x| x as f32).collect()).unwrap();
             for perm in perms(rank) {

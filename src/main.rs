@@ -151,11 +151,11 @@ fn fail(json: bool, err: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Commands that run a network over and over keep freed memory for the next run; a
-    // one-shot command (convert's single test run) would only raise its peak.
+    // Commands that run a network keep freed memory for the next run (or, in convert, for
+    // the next layer of its one run): see allconv::heap.
     if matches!(
         cli.command,
-        Command::Predict(_) | Command::Bench(_) | Command::Finetune(_)
+        Command::Predict(_) | Command::Bench(_) | Command::Finetune(_) | Command::Convert(_)
     ) {
         allconv::heap::keep_freed_memory();
     }

@@ -364,7 +364,7 @@ mod imp {
         #[cfg(feature = "torch")]
         if args.backend != "tract" {
             tch::set_num_threads(threads.try_into().unwrap_or(i32::MAX));
-            let t = allconv::torch::TorchModel::new(&g, tch::Device::Cpu)
+            let t = allconv::torch::TorchModel::for_inference(&g, tch::Device::Cpu)
                 .map_err(|e| format!("{}: {e}", args.model.display()))?;
             return Ok(Engine::Torch(Mutex::new(Box::new(t))));
         }

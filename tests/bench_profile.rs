@@ -72,3 +72,40 @@ fn profile_lists_every_op_and_the_kernels() {
     assert!(r["activation_estimate_mb"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bench run MODEL.h5` times libtorch as `predict` runs it; tract's profiler is refused by
+/// name there, never silently skipped.
+#[cfg(feature = "torch")]
+#[test]
+fn a_keras_file_is_timed_on_libtorch() {
+    let model = common::fixtures_dir().join("k208_resnet50_whole_resnet/model.h5");
+    let bin = env!("CARGO_BIN_EXE_allconv");
+    let run = |extra: &[&str]| {
+        Command::new(bin)
+            .args(["bench", "run", model.to_str().unwrap()])
+            .args(["--shape", "1x225x177x3", "--runs", "2", "--threads", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["runtime"], "libtorch", "{r}");
+    assert!(r["format"].is_null(), "{r}");
+    assert_eq!(r["input_shape"], serde_json::json!([1, 225, 177, 3]));
+    let (load, first, ms) = (
+        r["load_s"].as_f64().unwrap(),
+        r["first_result_s"].as_f64().unwrap(),
+        r["latency_ms"].as_f64().unwrap(),
+    );
+    assert!(load > 0.0 && first > load && ms > 0.0, "{r}");
+    let out = run(&["--profile"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--profile times tract's nodes"), "{err}");
+}

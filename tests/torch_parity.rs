@@ -60,6 +60,18 @@ fn check(failures: &mut Vec<String>, name: &str, what: &str, r: allconv::Result<
 /// their layers widened to a blanket 2e-3 x range.
 #[test]
 fn torch_matches_keras() {
+    torch_matches_keras_folded(false);
+}
+
+/// As `predict` runs a Keras file on libtorch (`TorchModel::for_inference`): BatchNorm
+/// folded into the convolutions, the same bound against the float64 run of the unfolded
+/// graph; only the folded convolutions' own outputs go uncompared.
+#[test]
+fn torch_matches_keras_with_folded_bn() {
+    torch_matches_keras_folded(true);
+}
+
+fn torch_matches_keras_folded(fold_bn: bool) {
     let dirs = common::model_fixtures();
     assert!(dirs.len() >= 30, "only {} fixtures", dirs.len());
     let mut failures = Vec::new();
@@ -82,6 +94,7 @@ fn torch_matches_keras() {
             per_layer: true,
             atol: bound,
             layer_atol_scaled: true,
+            fold_bn,
             ..Default::default()
         };
         let r = match verify_torch_refs(&g, &name, &exact, "float64 graph", &vo) {
@@ -93,7 +106,7 @@ fn torch_matches_keras() {
         };
         let direct = verify_torch_refs(&g, &name, &keras, "io.npz", &vo).expect("tch runs");
         eprintln!(
-            "{name}: tch {} vs float64: output {:.2e}, {} layers, worst {:.2e} x range; bound {bound:.2e} (Keras's own {keras_err:.2e}); vs Keras output {:.2e}",
+            "{name} (fold_bn={fold_bn}): tch {} vs float64: output {:.2e}, {} layers, worst {:.2e} x range; bound {bound:.2e} (Keras's own {keras_err:.2e}); vs Keras output {:.2e}",
             if r.passed { "PASS" } else { "FAIL" },
             r.outputs[0].max_abs_err,
             r.layers.len(),
@@ -108,15 +121,7 @@ fn torch_matches_keras() {
                 r.to_text()
             ));
         }
-        for (k, why) in r
-            .skipped_layers
-            .iter()
-            .filter(|(_, why)| why != "a graph input")
-        {
-            failures.push(format!("{name}: layer {k} not compared: {why}"));
-        }
-        let compared: Vec<String> = r.layers.iter().map(|c| c.name.clone()).collect();
-        failures.extend(common::coverage_failures(&name, dir, &compared, &[]));
+        failures.extend(common::report_coverage_failures(&name, dir, &r, fold_bn));
     }
     assert!(
         failures.is_empty(),

@@ -70,24 +70,8 @@ fn run_all(fold_bn: bool) {
                 r.to_text()
             ));
         }
-        // Coverage: every recorded layer compared; skipped only what folding removed.
-        let compared: Vec<String> = r.layers.iter().map(|c| c.name.clone()).collect();
-        layer_checks += compared.len();
-        let folded: Vec<String> = r
-            .skipped_layers
-            .iter()
-            .filter(|(_, why)| fold_bn && why.starts_with("folded into"))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (k, why) in &r.skipped_layers {
-            // An inner model's InputLayer is the graph input itself: nothing computed.
-            if !folded.contains(k) && why != "a graph input" {
-                failures.push(format!("{name}: layer {k} not compared: {why}"));
-            }
-        }
-        let mut covered = compared.clone();
-        covered.extend(folded);
-        failures.extend(common::coverage_failures(&name, dir, &covered, &[]));
+        layer_checks += r.layers.len();
+        failures.extend(common::report_coverage_failures(&name, dir, &r, fold_bn));
     }
     println!(
         "{layer_checks} end-to-end layer checks over {} fixtures",

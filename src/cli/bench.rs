@@ -18,12 +18,13 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Time tract on an .onnx or .nnef.tgz at a fixed input shape, e.g. --shape 1x1152x896x3.
+    /// Time tract on an .onnx or .nnef.tgz, or libtorch on a Keras .h5 (as `predict` runs
+    /// it: BatchNormalization folded), at a fixed input shape, e.g. --shape 1x1152x896x3.
     Run {
         model: PathBuf,
         #[arg(long, value_parser = parse_size)]
         shape: Size,
-        /// Threads for tract (default: every available core).
+        /// Threads (default: every available core).
         #[arg(long)]
         threads: Option<usize>,
         #[arg(long, default_value_t = 5)]
@@ -74,8 +75,21 @@ pub fn main(cmd: BenchCmd) -> ExitCode {
             json,
         } => {
             let threads = threads.unwrap_or_else(allconv::runtime::default_threads);
-            let r = bench_run(&model, &shape, threads, runs, profile.then_some(profile_nodes)).map(|r| {
-                let text = format!("tract {} {:?}, {} threads: {:.1} ms (median of {}), load {:.2} s, first result {:.2} s, peak {:.0} MiB (activations estimated {:.0} MiB)\n", r.model, r.input_shape, r.threads, r.latency_ms, r.runs, r.load_s, r.first_result_s, r.peak_mb, r.activation_estimate_mb);
+            let keras = model.extension().is_some_and(|e| e == "h5" || e == "hdf5");
+            let r = if keras {
+                run_keras(&model, &shape, threads, runs, profile)
+            } else {
+                bench_run(
+                    &model,
+                    &shape,
+                    threads,
+                    runs,
+                    profile.then_some(profile_nodes),
+                )
+            };
+            let r = r.map(|r| {
+                let estimate = r.activation_estimate_mb.map(|mb| format!(" (activations estimated {mb:.0} MiB)")).unwrap_or_default();
+                let text = format!("{} {} {:?}, {} threads: {:.1} ms (median of {}), load {:.2} s, first result {:.2} s, peak {:.0} MiB{estimate}\n", r.runtime, r.model, r.input_shape, r.threads, r.latency_ms, r.runs, r.load_s, r.first_result_s, r.peak_mb);
                 let mut text = text + &profile_table(r.profile.as_deref().unwrap_or_default());
                 for n in &r.slowest_nodes {
                     text += &format!("{:>8.1} ms  {} {}: {}\n", n.ms, n.op, n.node, n.info);
@@ -96,6 +110,29 @@ pub fn main(cmd: BenchCmd) -> ExitCode {
         }
         Ok((Err(e), _)) => fail(json, e),
         Err(e) => fail(json, e),
+    }
+}
+
+/// A Keras .h5 runs on libtorch, where this build has it; tract's profiler does not apply.
+fn run_keras(
+    model: &std::path::Path,
+    shape: &[usize],
+    threads: usize,
+    runs: usize,
+    profile: bool,
+) -> allconv::Result<allconv::bench::RunBench> {
+    let bad = |m: &str| allconv::Error::Other(format!("{}: {m}", model.display()));
+    if profile {
+        return Err(bad("--profile times tract's nodes; give the .onnx file"));
+    }
+    #[cfg(feature = "torch")]
+    {
+        allconv::bench::bench_run_torch(model, shape, threads, runs)
+    }
+    #[cfg(not(feature = "torch"))]
+    {
+        let _ = (shape, threads, runs);
+        Err(bad("a Keras .h5 runs on libtorch, and this build has no `torch` feature; convert it to .onnx for tract"))
     }
 }
 

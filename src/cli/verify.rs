@@ -36,6 +36,8 @@ pub struct VerifyArgs {
     /// hold it to the absolute --atol: a layer's own error, free of upstream drift.
     #[arg(long)]
     isolated: bool,
+    /// Fold BatchNormalization into the convolution before it (as `predict` runs a .h5 on
+    /// libtorch); the folded convolutions' own outputs are not compared.
     #[arg(long)]
     fold_bn: bool,
     /// Threads for tract (default: every available core).
@@ -112,9 +114,6 @@ fn verify_torch_cmd(a: &VerifyArgs) -> ExitCode {
     let Some(reference) = &a.reference else {
         return fail(a.json, "--backend torch needs --reference io.npz");
     };
-    if a.fold_bn {
-        return fail(a.json, "--fold-bn applies to the tract backend");
-    }
     let device = match parse_device(&a.device) {
         Ok(d) => d,
         Err(e) => return fail(a.json, e),
@@ -126,6 +125,7 @@ fn verify_torch_cmd(a: &VerifyArgs) -> ExitCode {
             atol: a.atol,
             rtol: a.rtol,
             layer_atol_scaled: !a.absolute_layers,
+            fold_bn: a.fold_bn,
             ..Default::default()
         };
         verify_torch_with(&g, &a.model.model.display().to_string(), reference, &opts)

@@ -36,6 +36,17 @@ pub fn set_metadata(m: &mut ModelProto, key: &str, value: String) {
     }
 }
 
+/// Metadata entries serialised on their own, to append to a serialised `ModelProto`: a
+/// protobuf message followed by more of its fields parses as one message, the repeated
+/// `metadata_props` gaining these entries (keys the file does not hold yet).
+pub fn metadata_appendix(entries: &[(&str, String)]) -> Result<Vec<u8>> {
+    let mut m = ModelProto::new();
+    for (k, v) in entries {
+        set_metadata(&mut m, k, v.clone());
+    }
+    crate::onnx::model_bytes(&m)
+}
+
 /// The embedded test vectors of an ONNX model, if any.
 pub fn test_vectors(m: &ModelProto) -> Result<Option<(Array, Array)>> {
     crate::meta::test_vectors(&metadata(m))

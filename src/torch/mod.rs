@@ -324,6 +324,14 @@ impl TorchModel {
         })
     }
 
+    /// [`TorchModel::new`] for inference only: BatchNormalization folded into the
+    /// convolution before it (one pass over each activation fewer; the moving statistics
+    /// are gone, so this model does not train).
+    pub fn for_inference(graph: &Graph, device: Device) -> Result<TorchModel> {
+        let (folded, _) = crate::passes::fold_batch_norm(graph)?;
+        TorchModel::new(&folded, device)
+    }
+
     /// Override the `same`-padding rule (e.g. run a Theano-saved model with TensorFlow's
     /// padding, as tf-keras would).
     pub fn with_same_rule(mut self, rule: SameRule) -> TorchModel {

@@ -30,6 +30,9 @@ pub struct TorchVerifyOptions {
     pub layer_atol_scaled: bool,
     /// Compute precision (`Kind::Double`: a float64 run of the same graph).
     pub kind: Kind,
+    /// Run the graph with BatchNormalization folded into its convolutions, as `predict`
+    /// runs a Keras file on libtorch; the folded convolutions' own outputs are skipped.
+    pub fold_bn: bool,
 }
 
 impl Default for TorchVerifyOptions {
@@ -43,6 +46,7 @@ impl Default for TorchVerifyOptions {
             overlay: None,
             layer_atol_scaled: false,
             kind: Kind::Float,
+            fold_bn: false,
         }
     }
 }
@@ -107,6 +111,14 @@ pub fn verify_torch_refs(
     let want = refs
         .get("output")
         .ok_or_else(|| Error::Other(format!("{reference}: no `output` array")))?;
+    let folding = opts
+        .fold_bn
+        .then(|| crate::passes::fold_batch_norm(g))
+        .transpose()?;
+    let (g, folded) = match &folding {
+        Some((folded_graph, report)) => (folded_graph, Some(report.clone())),
+        None => (g, None),
+    };
     let mut model = TorchModel::new(g, opts.device)?;
     if opts.kind != Kind::Float {
         model = model.with_kind(opts.kind);
@@ -150,6 +162,16 @@ pub fn verify_torch_refs(
         let mut rows: Vec<(usize, TensorCmp)> = Vec::new();
         for (key, arr) in refs.iter().filter(|(k, _)| k.starts_with("layer/")) {
             let path = &key["layer/".len()..];
+            if folded
+                .as_ref()
+                .is_some_and(|f| f.vanished_layers.iter().any(|l| l == path))
+            {
+                skipped.push((
+                    path.to_string(),
+                    "folded into the following BatchNormalization".into(),
+                ));
+                continue;
+            }
             let Some(v) = g
                 .layers
                 .iter()
@@ -196,7 +218,7 @@ pub fn verify_torch_refs(
         layers,
         first_diverging_layer: first_div,
         skipped_layers: skipped,
-        folded: None,
+        folded,
     })
 }
 

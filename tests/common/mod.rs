@@ -100,6 +100,33 @@ pub fn omitted_count(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Coverage of an end-to-end report: every recorded layer compared; skipped only a graph
+/// input (an inner model's InputLayer computes nothing) and, with `fold_bn`, the layers
+/// folding removed.
+pub fn report_coverage_failures(
+    name: &str,
+    dir: &Path,
+    r: &allconv::verify::VerifyReport,
+    fold_bn: bool,
+) -> Vec<String> {
+    let folded: Vec<String> = r
+        .skipped_layers
+        .iter()
+        .filter(|(_, why)| fold_bn && why.starts_with("folded into"))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut failures: Vec<String> = r
+        .skipped_layers
+        .iter()
+        .filter(|(k, why)| !folded.contains(k) && why != "a graph input")
+        .map(|(k, why)| format!("{name}: layer {k} not compared: {why}"))
+        .collect();
+    let mut covered: Vec<String> = r.layers.iter().map(|c| c.name.clone()).collect();
+    covered.extend(folded);
+    failures.extend(coverage_failures(name, dir, &covered, &[]));
+    failures
+}
+
 /// Per-fixture coverage: every recorded layer was compared, except those whose input
 /// activation was omitted (allowed only when the fixture omits some). `compared` are layer
 /// paths (no `layer/` prefix); `starved` the layers skipped because an input was omitted.
