@@ -93,15 +93,25 @@ fn used_rows(sh: usize, ty: &Taps) -> Vec<bool> {
     used
 }
 
-/// Horizontal pass for all used rows, in float (uint16 and float32 paths).
-fn hpass_f32(src: &[f32], sh: usize, sw: usize, tx: &Taps, used: &[bool]) -> Vec<f32> {
+/// Horizontal pass for all used rows, in float (uint16 and float32 paths); `load` gives a
+/// source value as the float OpenCV computes with (a uint16 image is read in place, its
+/// values converted as they are used rather than in a pass of their own).
+fn hpass_f32<T: Copy>(
+    src: &[T],
+    sh: usize,
+    sw: usize,
+    tx: &Taps,
+    used: &[bool],
+    load: impl Fn(T) -> f32,
+) -> Vec<f32> {
     let dw = tx.idx.len();
     let mut out = vec![0f32; sh * dw];
     for y in (0..sh).filter(|&y| used[y]) {
         let s = &src[y * sw..(y + 1) * sw];
         let d = &mut out[y * dw..(y + 1) * dw];
         for ((o, i), a) in d.iter_mut().zip(&tx.idx).zip(&tx.w) {
-            *o = s[i[0]] * a[0] + s[i[1]] * a[1] + s[i[2]] * a[2] + s[i[3]] * a[3];
+            let v = i.map(|k| load(s[k]));
+            *o = v[0] * a[0] + v[1] * a[1] + v[2] * a[2] + v[3] * a[3];
         }
     }
     out
@@ -197,14 +207,29 @@ pub fn resize_cubic_u16(
     if (sh, sw) == (dh, dw) {
         return Ok(src.to_vec());
     }
+    Ok(resize_u16_values(src, sh, sw, dh, dw, f32::from)
+        .into_iter()
+        .map(|v| v as u16)
+        .collect())
+}
+
+/// The uint16 resize on any storage of uint16 values (`load` reads one); the result is the
+/// uint16 output as float.
+fn resize_u16_values<T: Copy>(
+    src: &[T],
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    load: impl Fn(T) -> f32,
+) -> Vec<f32> {
     let (tx, ty) = (taps(sw, dw), taps(sh, dh));
     let used = used_rows(sh, &ty);
-    let srcf: Vec<f32> = src.iter().map(|&v| f32::from(v)).collect();
-    let h = hpass_f32(&srcf, sh, sw, &tx, &used);
+    let h = hpass_f32(src, sh, sw, &tx, &used, load);
     // Both SIMD (v_round + v_pack_u) and scalar (saturate_cast) round ties to even.
-    Ok(vpass_f32(&h, dw, &ty, LANES_U16, |v| {
-        v.round_ties_even().clamp(0.0, 65535.0) as u16
-    }))
+    vpass_f32(&h, dw, &ty, LANES_U16, |v| {
+        v.round_ties_even().clamp(0.0, 65535.0)
+    })
 }
 
 /// `cv2.resize(INTER_CUBIC)` on a float32 image.
@@ -221,7 +246,7 @@ pub fn resize_cubic_f32(
     }
     let (tx, ty) = (taps(sw, dw), taps(sh, dh));
     let used = used_rows(sh, &ty);
-    let h = hpass_f32(src, sh, sw, &tx, &used);
+    let h = hpass_f32(src, sh, sw, &tx, &used, |v| v);
     Ok(vpass_f32(&h, dw, &ty, LANES_F32, |v| v))
 }
 
@@ -242,15 +267,14 @@ pub fn resize_cubic(img: &GrayImage, height: usize, width: usize) -> Result<Gray
                 .collect()
         }
         16 => {
-            let src: Vec<u16> = img
-                .pixels
-                .iter()
-                .map(|&v| v.clamp(0.0, 65535.0) as u16)
-                .collect();
-            resize_cubic_u16(&src, sh, sw, height, width)?
-                .into_iter()
-                .map(f32::from)
-                .collect()
+            check(img.pixels.len(), sh, sw, height, width)?;
+            // The pixels as uint16 (saturated, truncated), read where they are.
+            let as_u16 = |v: f32| f32::from(v.clamp(0.0, 65535.0) as u16);
+            if (sh, sw) == (height, width) {
+                img.pixels.iter().map(|&v| as_u16(v)).collect()
+            } else {
+                resize_u16_values(&img.pixels, sh, sw, height, width, as_u16)
+            }
         }
         32 => resize_cubic_f32(&img.pixels, sh, sw, height, width)?,
         b => return Err(DataError::Invalid(format!("resize: bit depth {b}"))),
