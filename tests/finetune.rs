@@ -391,6 +391,12 @@ fn bad_input_is_refused_clearly_and_nothing_is_written() {
     // A flag allconv does not implement, refused by name.
     let (ok, _, stderr) = with(&["--equalize-hist"], &dirs);
     assert!(!ok && stderr.contains("--equalize-hist"), "{stderr}");
+    // Mixed precision is CUDA's float16 autocast: refused on the CPU, not run as float32.
+    let (ok, _, stderr) = with(&["--amp"], &dirs);
+    assert!(
+        !ok && stderr.contains("--amp") && stderr.contains("CUDA"),
+        "{stderr}"
+    );
     assert!(
         !out.exists() && !out.with_extension("onnx").exists(),
         "nothing written"

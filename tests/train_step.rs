@@ -371,7 +371,7 @@ fn run_case(dir: &Path) -> Worst {
         lr_steps += s["lr"].as_f64().unwrap();
         let o = opt.as_mut().unwrap();
         let (noise_biases, noise_bns) = noise_driven(&model, o);
-        let r = train_step(&model, &regs, o, &[x.shallow_clone()], &y, Some(&sw))
+        let r = train_step(&model, &regs, o, &[x.shallow_clone()], &y, Some(&sw), None)
             .unwrap_or_else(|e| panic!("{case}: step {k}: {e}"));
         w.check(
             &format!("step {k} loss"),
@@ -564,4 +564,87 @@ fn keras_params_round_trip_every_fixture() {
     }
     assert!(b.load_variables(&saved[1..]).is_err());
     println!("{n} fixtures: keras_params == graph params");
+}
+
+/// `--amp`'s loss scaling, run on the CPU (where libtorch's float16 autocast is off): the
+/// scale is a power of two and so is its reciprocal, so the scaled gradients unscale exactly
+/// and two scaled steps land on the plain steps' weights and optimizer state bit for bit
+/// (the plain step being the one held to genuine Keras above). A step whose scaled gradients
+/// overflow changes nothing, halves the scale and restarts its growth count.
+#[test]
+fn loss_scaled_steps_equal_plain_steps() {
+    use allconv::train::GradScaler;
+    let dir = common::fixtures_dir().join("train_step/k208_adam_balance");
+    let z = read_all(&dir.join("steps.npz"));
+    let g = read_model(&dir.join("model.h5"), &ReadOptions::default()).unwrap();
+    let flavour = Flavour::for_source(&g.source);
+    let (x, y) = (tensor(&z["x"]), tensor(&z["y"]));
+    let labels: Vec<i64> = z["labels"].data.iter().map(|&l| l as i64).collect();
+    let sw = Tensor::from_slice(&auto_batch_balance(&labels));
+    // Two steps from the file's weights; every variable and optimizer state tensor after.
+    let run = |mut scaler: Option<GradScaler>| {
+        tch::manual_seed(7);
+        let model = TrainModel::new(&g, Device::Cpu, flavour).unwrap();
+        let regs = Regularizers::from_graph(&g).unwrap();
+        let mut opt = Optimizer::paper("adam", 1e-3, flavour).unwrap();
+        let mut skipped = Vec::new();
+        for _ in 0..2 {
+            let xs = [x.shallow_clone()];
+            let r =
+                train_step(&model, &regs, &mut opt, &xs, &y, Some(&sw), scaler.as_mut()).unwrap();
+            skipped.push(r.skipped);
+        }
+        // Trainable weights, then every variable (moving statistics too), then the
+        // optimizer's state.
+        let mut state: Vec<(String, Vec<f64>)> = model
+            .params()
+            .iter()
+            .chain(&model.variables().unwrap())
+            .map(|(k, t)| (k.clone(), host(t)))
+            .collect();
+        state.extend(opt.state().iter().map(|(k, t)| (k.clone(), host(t))));
+        (state, skipped, scaler)
+    };
+    let (plain, _, _) = run(None);
+    let (scaled, skipped, scaler) = run(Some(GradScaler::default()));
+    assert!(plain.len() > 4, "{} tensors", plain.len());
+    assert_eq!(skipped, [false, false]);
+    assert_eq!(
+        plain, scaled,
+        "a power-of-two loss scale changed the update"
+    );
+    assert_eq!(
+        scaler,
+        Some(GradScaler {
+            scale: 65536.0,
+            growth_tracker: 2
+        })
+    );
+
+    // 2^200 overflows float32: both steps are skipped, the trainable weights stay the
+    // file's (BatchNorm's moving statistics follow the forward pass, as in PyTorch).
+    let initial: Vec<(String, Vec<f64>)> = TrainModel::new(&g, Device::Cpu, flavour)
+        .unwrap()
+        .params()
+        .iter()
+        .map(|(k, t)| (k.clone(), host(t)))
+        .collect();
+    let huge = GradScaler {
+        scale: 2f64.powi(200),
+        growth_tracker: 5,
+    };
+    let (after, skipped, scaler) = run(Some(huge));
+    assert_eq!(skipped, [true, true]);
+    assert_eq!(
+        &after[..initial.len()],
+        &initial[..],
+        "an overflowing step moved a weight"
+    );
+    assert_eq!(
+        scaler,
+        Some(GradScaler {
+            scale: 2f64.powi(198),
+            growth_tracker: 0
+        })
+    );
 }

@@ -152,8 +152,13 @@ pub struct FinetuneArgs {
     pub final_model: String,
     #[arg(long, default_value_t = 12345)]
     pub seed: u64,
+    /// cpu, or cuda[:N] (cuDNN's autotuner on: the image size is fixed).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Mixed precision on CUDA: float16 autocast with a dynamic loss scale (PyTorch's
+    /// GradScaler defaults); the weights and their updates stay float32.
+    #[arg(long)]
+    pub amp: bool,
     /// One JSON line per epoch.
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -394,10 +399,17 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
+            // Every batch has the same shape: let cuDNN time its algorithms once.
+            tch::Cuda::cudnn_set_benchmark(true);
             tch::Device::Cuda(i)
         }
         d => return Err(other(format!("--device {d}: cpu or cuda[:N]"))),
     };
+    if a.amp && !device.is_cuda() {
+        return Err(other(
+            "--amp is float16 autocast, which libtorch runs on CUDA only; add --device cuda, or train without --amp",
+        ));
+    }
     let auto = !a.no_auto_batch_balance;
     let weighting = if auto {
         Weighting::AutoBalance
@@ -452,6 +464,7 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
         run_dir: run_dir.clone(),
         resume: a.resume,
         workers: 2,
+        amp: a.amp,
     };
     let mut log_file = match &a.log {
         Some(p) => Some(

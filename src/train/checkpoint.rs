@@ -30,6 +30,9 @@ pub struct RunState {
     pub seed: u64,
     /// A fingerprint of the options a resumed run must share (data, model, schedule).
     pub options_fingerprint: String,
+    /// Mixed precision: the loss scale as it stands.
+    #[serde(default)]
+    pub grad_scaler: Option<crate::train::GradScaler>,
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> Error {

@@ -14,7 +14,7 @@
 //! checkpoint ends with the same weights as an uninterrupted run with the same seed.
 
 use super::checkpoint::{self, RunState};
-use super::{train_step, Flavour, Optimizer, Regularizers, TrainModel};
+use super::{train_step, Flavour, GradScaler, Optimizer, Regularizers, TrainModel};
 use crate::data::dataset::{BatchOptions, Dataset, Weighting};
 use crate::data::roc::auroc;
 use crate::data::Augment;
@@ -61,6 +61,9 @@ pub struct FitOptions {
     pub resume: bool,
     /// Data worker threads.
     pub workers: usize,
+    /// Mixed precision (`--amp`, CUDA): float16 autocast and a loss scale on the training
+    /// steps; validation and prediction stay float32.
+    pub amp: bool,
 }
 
 /// One epoch, as the JSONL log records it.
@@ -259,7 +262,7 @@ pub fn fit(
         )));
     }
     let fingerprint = format!(
-        "{}|{:?}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}",
+        "{}|{:?}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}{}",
         graph.total_params(),
         opts.class_list,
         opts.train_batch,
@@ -270,7 +273,8 @@ pub fn fit(
         opts.all_layer_multiplier,
         opts.augmentation,
         opts.weighting,
-        opts.seed
+        opts.seed,
+        if opts.amp { "|amp" } else { "" }
     );
     let mut model = TrainModel::new(graph, opts.device, opts.flavour)?;
     let mut regs = Regularizers::from_graph(graph)?;
@@ -288,6 +292,7 @@ pub fn fit(
         stopped_early: false,
         seed: opts.seed,
         options_fingerprint: fingerprint.clone(),
+        grad_scaler: opts.amp.then(GradScaler::default),
     };
     let mut best_weights: Option<Vec<(String, Tensor)>> = None;
     let mut saved_opt: Option<Vec<(String, Tensor)>> = None;
@@ -399,7 +404,15 @@ pub fn fit(
                 let w = Tensor::from_slice(&b.weights)
                     .f_to(opts.device)
                     .map_err(terr("weights"))?;
-                let r = train_step(&model, &regs, &mut opt, &[x], &y, Some(&w))?;
+                let r = train_step(
+                    &model,
+                    &regs,
+                    &mut opt,
+                    &[x],
+                    &y,
+                    Some(&w),
+                    state.grad_scaler.as_mut(),
+                )?;
                 loss_sum += r.loss * n as f64;
                 let pred: Vec<i64> = Vec::<i64>::try_from(
                     r.output

@@ -14,6 +14,7 @@
 //! | kernel L2 re-assigned after building (`do_2stage_training`) | no effect (built into the loss) | takes effect |
 //! | optimizer defaults | epsilon 1e-8, Adagrad from 0, `/(sqrt(a) + eps)` | epsilon 1e-7, Adagrad from 0.1, `/sqrt(a + eps)`, Nadam schedule `0.96^t` |
 
+pub mod amp;
 pub mod checkpoint;
 pub mod fit;
 pub mod model;
@@ -21,6 +22,7 @@ pub mod optim;
 pub mod regularize;
 pub mod step;
 
+pub use amp::GradScaler;
 pub use model::TrainModel;
 pub use optim::{Optimizer, Rule};
 pub use regularize::{Regularizer, Regularizers};

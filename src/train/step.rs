@@ -2,7 +2,7 @@
 //! cross-entropy with sample weights, the regularisation penalties, the gradients of the
 //! trainable weights and the optimizer's update.
 
-use super::{Flavour, Optimizer, Regularizers, TrainModel};
+use super::{Flavour, GradScaler, Optimizer, Regularizers, TrainModel};
 use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
 
@@ -20,6 +20,9 @@ pub struct StepReport {
     pub penalty: f64,
     /// The model's training-mode output (Keras layout, detached).
     pub output: Tensor,
+    /// Mixed precision only: a gradient overflowed, so the update was skipped (and the
+    /// loss scale halved).
+    pub skipped: bool,
 }
 
 fn terr(m: tch::TchError) -> Error {
@@ -158,6 +161,11 @@ pub fn auto_batch_balance(labels: &[i64]) -> Vec<f32> {
 /// ([`keras_loss`] + `regs`' penalties, on the weights before the update), gradients of
 /// [`TrainModel::params`], and `opt`'s update. BatchNorm moving statistics are updated
 /// by the forward pass.
+///
+/// With `scaler`, in mixed precision (see [`super::amp`]): the forward pass under float16
+/// autocast (CUDA only; elsewhere it runs as is), the loss and its penalties in float32,
+/// the gradients of the scaled loss unscaled before the update, and the update skipped
+/// when one of them overflowed (`StepReport::skipped`).
 pub fn train_step(
     model: &TrainModel,
     regs: &Regularizers,
@@ -165,41 +173,64 @@ pub fn train_step(
     x: &[Tensor],
     y: &Tensor,
     sample_weight: Option<&Tensor>,
+    scaler: Option<&mut GradScaler>,
 ) -> Result<StepReport> {
-    let out = model.forward(x)?;
+    let out = tch::autocast(scaler.is_some(), || model.forward(x))?;
     if out.outputs.len() != 1 {
         return Err(Error::Other(format!(
             "training needs a single-output model, this one has {}",
             out.outputs.len()
         )));
     }
-    let probs = &out.outputs[0];
+    // Under autocast the outputs may be float16: the loss is computed in float32.
+    let amp = scaler.is_some();
+    let widen = |t: &Tensor| {
+        if amp {
+            t.f_to_kind(Kind::Float)
+        } else {
+            Ok(t.shallow_clone())
+        }
+    };
+    let probs = widen(&out.outputs[0]).map_err(terr)?;
+    let logits = out.logits[0]
+        .as_ref()
+        .map(widen)
+        .transpose()
+        .map_err(terr)?;
     let y = y
         .f_to_device_(probs.device(), probs.kind(), false, false)
         .map_err(terr)?;
-    let ce = keras_loss(
-        model.flavour,
-        probs,
-        out.logits[0].as_ref(),
-        &y,
-        sample_weight,
-    )?;
+    let ce = keras_loss(model.flavour, &probs, logits.as_ref(), &y, sample_weight)?;
     let penalty = regs.penalty(&model.torch)?;
     let total = ce.f_add(&penalty).map_err(terr)?;
     let params = model.params();
     let vars: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
-    let grads = if vars.is_empty() {
+    let differentiated = match &scaler {
+        Some(s) => s.scale_loss(&total)?,
+        None => total.shallow_clone(),
+    };
+    let mut grads = if vars.is_empty() {
         Vec::new()
     } else {
-        Tensor::f_run_backward(&[&total], &vars, false, false).map_err(terr)?
+        Tensor::f_run_backward(&[&differentiated], &vars, false, false).map_err(terr)?
+    };
+    let finite = match &scaler {
+        Some(s) => s.unscale(&mut grads)?,
+        None => true,
     };
     let report = StepReport {
         loss: total.f_double_value(&[]).map_err(terr)?,
         cross_entropy: ce.f_double_value(&[]).map_err(terr)?,
         penalty: penalty.f_double_value(&[]).map_err(terr)?,
         output: probs.f_detach().map_err(terr)?,
+        skipped: !finite,
     };
-    opt.step(params, &grads)?;
+    if finite {
+        opt.step(params, &grads)?;
+    }
+    if let Some(s) = scaler {
+        s.update(finite);
+    }
     Ok(report)
 }
 
