@@ -740,14 +740,17 @@ mod imp {
 
         fn step(&self, done: usize) {
             if self.on && done < self.total {
-                let rate = done as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
-                eprint!("\r[{done}/{}] {rate:.2} images/s ", self.total);
+                let elapsed = self.start.elapsed().as_secs_f64();
+                let rate = format!(" {:.2} images/s", done as f64 / elapsed.max(1e-9));
+                crate::cli::progress::draw(&crate::cli::progress::line(
+                    done, self.total, elapsed, &rate,
+                ));
             }
         }
 
         fn clear(&self) {
             if self.on {
-                eprint!("\r\x1b[K");
+                crate::cli::progress::clear();
             }
         }
     }

@@ -498,12 +498,16 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
     let tty = std::io::stderr().is_terminal() && !json;
     let mut on_batch = |p: &allconv::train::fit::BatchProgress| {
         if tty {
-            eprint!(
-                "\r  epoch {} batch {}/{} loss {:.4} {:.1} img/s   ",
-                p.epoch, p.batch, p.batches, p.loss, p.images_per_s
-            );
             if p.batch == p.batches {
-                eprint!("\r");
+                super::progress::clear();
+            } else {
+                let line = super::progress::line(
+                    p.batch,
+                    p.batches,
+                    p.elapsed_s,
+                    &format!(" loss {:.4}, {:.1} img/s", p.loss, p.images_per_s),
+                );
+                super::progress::draw(&format!("epoch {} {line}", p.epoch));
             }
         }
     };

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod finetune;
 #[cfg(feature = "keras")]
 pub mod inspect;
+pub mod progress;
 #[cfg(feature = "keras")]
 pub mod rehead;
 pub mod synth;

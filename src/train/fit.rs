@@ -231,6 +231,8 @@ pub struct BatchProgress {
     /// Running mean of the training loss over the epoch so far.
     pub loss: f64,
     pub images_per_s: f64,
+    /// Since the epoch began.
+    pub elapsed_s: f64,
 }
 
 /// Train `graph` on `train`, validating on `val` after every epoch. `on_epoch` sees each
@@ -429,12 +431,14 @@ pub fn fit(
                     .count();
                 seen += n;
                 batch += 1;
+                let elapsed_s = t0.elapsed().as_secs_f64();
                 on_batch(&BatchProgress {
                     epoch: epoch + 1,
                     batch,
                     batches,
                     loss: loss_sum / seen as f64,
-                    images_per_s: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                    images_per_s: seen as f64 / elapsed_s.max(1e-9),
+                    elapsed_s,
                 });
             }
             let stats = it.stats().clone();
