@@ -360,3 +360,49 @@ fn torch_cuda_matches_float64_graph() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Inference overwrites a value on its last use where nothing else shares its storage (an
+/// in-place ReLU or residual add). Every fixture's outputs that way, folded or not, equal
+/// bit for bit those of the run that keeps every value (no overwriting): a value overwritten
+/// while another still reads it would show here.
+#[test]
+fn overwriting_last_uses_changes_no_output() {
+    let dirs = common::model_fixtures();
+    let mut failures = Vec::new();
+    let mut merges = 0;
+    for dir in &dirs {
+        let name = name_of(dir);
+        let (model, opts) = common::read_options(dir);
+        let g = read_model(&model, &opts).expect("fixture reads");
+        let refs = read_npz(&dir.join("io.npz")).expect("io.npz");
+        let inputs = reference_inputs(&refs, g.inputs.len(), &dir.join("io.npz")).unwrap();
+        let xs: Vec<_> = inputs
+            .iter()
+            .map(|a| from_host(&a.shape, &a.data, Device::Cpu).unwrap())
+            .collect();
+        for (label, tm) in [
+            ("as read", TorchModel::new(&g, Device::Cpu).unwrap()),
+            (
+                "folded",
+                TorchModel::for_inference(&g, Device::Cpu).unwrap(),
+            ),
+        ] {
+            let kept = tm.forward_values(&xs).unwrap();
+            let outs = tm.forward_outputs(&xs, false).unwrap();
+            for (k, (&o, got)) in tm.graph.outputs.iter().zip(&outs).enumerate() {
+                let want = to_host(kept[o].as_ref().expect("output kept")).unwrap();
+                let got = to_host(got).unwrap();
+                if got.data != want.data || got.shape != want.shape {
+                    failures.push(format!("{name} ({label}): output {k} differs"));
+                }
+            }
+        }
+        merges += g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, allconv::ir::Op::Merge(_)))
+            .count();
+    }
+    assert!(merges > 10, "only {merges} merges over the fixtures");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

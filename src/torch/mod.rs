@@ -602,7 +602,15 @@ impl TorchModel {
         for &o in &g.outputs {
             uses[o] += 1;
         }
+        // Values whose storage is theirs alone (ops::returns_new_storage): in inference, an
+        // element-wise op on such a value's last use overwrites it.
+        let mut own_storage = vec![false; g.values.len()];
+        let may_reuse = matches!(mode, Mode::Eval) && !keep_all;
         for n in &g.nodes {
+            let reuse_first = may_reuse
+                && n.inputs
+                    .first()
+                    .is_some_and(|&v| uses[v] == 1 && own_storage[v]);
             let name = |e: Error| match e {
                 Error::Graph(m) if !m.contains(&n.name) => {
                     Error::graph(format!("node {} ({}): {m}", n.name, n.class))
@@ -615,7 +623,7 @@ impl TorchModel {
                 _ => None,
             };
             let out = match sink {
-                None => ops::run_node(self, &vals, n, mode).map_err(name)?,
+                None => ops::run_node(self, &vals, n, mode, reuse_first).map_err(name)?,
                 Some(sink) => match ops::split_softmax(&n.op) {
                     // Softmax fused into a Conv/Dense: run it linear, keep the logits.
                     Some((lin, act)) => {
@@ -623,14 +631,14 @@ impl TorchModel {
                             op: lin,
                             ..n.clone()
                         };
-                        let z = ops::run_node(self, &vals, &lin_node, mode).map_err(name)?;
+                        let z = ops::run_node(self, &vals, &lin_node, mode, false).map_err(name)?;
                         let t = ops::activation(&z.t, &act, &z.lay).map_err(name)?;
                         let lay = z.lay.clone();
                         sink.insert(n.output, z);
                         Val { t, lay }
                     }
                     None => {
-                        let out = ops::run_node(self, &vals, n, mode).map_err(name)?;
+                        let out = ops::run_node(self, &vals, n, mode, false).map_err(name)?;
                         if let (
                             crate::ir::Op::Activation(crate::ir::Activation::Softmax { .. }),
                             [v],
@@ -651,6 +659,7 @@ impl TorchModel {
                 },
             };
             vals[n.output] = Some(out);
+            own_storage[n.output] = ops::returns_new_storage(n);
             if !keep_all {
                 for &v in &n.inputs {
                     uses[v] -= 1;
