@@ -337,6 +337,18 @@ fn reference_vectors(
     Ok((input, output))
 }
 
+/// A run's first output, as an array.
+fn first_output(outputs: Vec<crate::runtime::Output>) -> Result<Array> {
+    let o = outputs
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Other("the exported model has no output".into()))?;
+    Ok(Array {
+        shape: o.shape,
+        data: o.data,
+    })
+}
+
 /// Deterministic pseudo-random values in [lo, hi).
 fn synthetic(n: usize, lo: f32, hi: f32) -> Vec<f32> {
     let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -371,15 +383,7 @@ fn nnef_file(
         .map(|(i, _)| i)
         .ok_or_else(|| Error::Other("internal: an NNEF export without a test input".into()))?;
     let m = ModelFile::from_bytes(Path::new("model.nnef.tar"), &archive)?.load(&[shape], 1)?;
-    let out = m
-        .run(&input.data)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Other("the exported model has no output".into()))?;
-    let got = Array {
-        shape: out.shape,
-        data: out.data,
-    };
+    let got = first_output(m.run(&input.data)?)?;
     if let Some(r) = reference {
         let err = compare("output", &got.data, &got.shape, &r.data, &r.shape, 0.0, 0.0).max_abs_err;
         md.insert(meta::F16_REFERENCE_ERR.into(), format!("{err:e}"));
@@ -528,16 +532,11 @@ fn run_vectors(
             vectors: None,
         });
     };
-    let got = tract
-        .run(&input.data)
-        .map_err(|e| Error::Other(format!("{}: {e}", model.display())))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Other("the exported model has no output".into()))?;
-    let own = Array {
-        shape: got.shape,
-        data: got.data,
-    };
+    let own = first_output(
+        tract
+            .run(&input.data)
+            .map_err(|e| Error::Other(format!("{}: {e}", model.display())))?,
+    )?;
     let Some(keras) = keras_output else {
         return Ok(TestVectors {
             source: SELF_RUN.into(),
