@@ -175,7 +175,13 @@ pub fn train_step(
     sample_weight: Option<&Tensor>,
     scaler: Option<&mut GradScaler>,
 ) -> Result<StepReport> {
-    let out = tch::autocast(scaler.is_some(), || model.forward(x))?;
+    let amp = scaler.is_some();
+    // Without a scaler, libtorch's autocast state is left alone.
+    let out = if amp {
+        tch::autocast(true, || model.forward(x))?
+    } else {
+        model.forward(x)?
+    };
     if out.outputs.len() != 1 {
         return Err(Error::Other(format!(
             "training needs a single-output model, this one has {}",
@@ -183,7 +189,6 @@ pub fn train_step(
         )));
     }
     // Under autocast the outputs may be float16: the loss is computed in float32.
-    let amp = scaler.is_some();
     let widen = |t: &Tensor| {
         if amp {
             t.f_to_kind(Kind::Float)
