@@ -220,12 +220,7 @@ pub fn bench_run_torch(
     tch::set_num_threads(threads.try_into().unwrap_or(i32::MAX));
     let t = Instant::now();
     let graph = read_model(path, &ReadOptions::default())?;
-    let model = if std::env::var_os("NOFOLD").is_some() {
-        TorchModel::new(&graph, tch::Device::Cpu)?
-    } else {
-        TorchModel::for_inference(&graph, tch::Device::Cpu)?
-    };
-    drop(graph);
+    let model = TorchModel::for_inference(graph, tch::Device::Cpu)?;
     let load_s = t.elapsed().as_secs_f64();
     let input = bench_input(input_shape);
     let run = || -> Result<()> {

@@ -364,7 +364,7 @@ mod imp {
         #[cfg(feature = "torch")]
         if args.backend != "tract" {
             tch::set_num_threads(threads.try_into().unwrap_or(i32::MAX));
-            let t = allconv::torch::TorchModel::for_inference(&g, tch::Device::Cpu)
+            let t = allconv::torch::TorchModel::for_inference(g, tch::Device::Cpu)
                 .map_err(|e| format!("{}: {e}", args.model.display()))?;
             return Ok(Engine::Torch(Mutex::new(Box::new(t))));
         }
@@ -540,6 +540,80 @@ mod imp {
         }
         let o = outs.swap_remove(0);
         Ok((o.data, o.shape))
+    }
+
+    /// When the reader decodes and resizes the next images.
+    #[derive(Debug, Clone, Copy)]
+    enum ReadAhead {
+        /// While the jobs run (tract: each job is one thread of its own, so a busy reader
+        /// only slows the job it shares a core with).
+        Overlapped,
+        /// Only while no network runs, `batch` images at once on as many threads
+        /// (libtorch: one run spreads over every core through OpenMP, and a reader taking
+        /// a core stalls the whole run at each barrier: 20 images took 520 ms a run
+        /// overlapped against 400 alone).
+        BetweenRuns { batch: usize },
+    }
+
+    impl ReadAhead {
+        fn batch(self) -> usize {
+            match self {
+                ReadAhead::Overlapped => 1,
+                ReadAhead::BetweenRuns { batch } => batch,
+            }
+        }
+    }
+
+    type ReadMessage = (usize, (Res<Prepared>, Option<String>));
+
+    /// The reader thread: every image prepared and sent in order, as `ahead` says.
+    fn read_images(
+        images: &[PathBuf],
+        plan: &Plan,
+        host_tta: bool,
+        ahead: ReadAhead,
+        tx: &std::sync::mpsc::SyncSender<ReadMessage>,
+        scored: &std::sync::mpsc::Receiver<()>,
+    ) {
+        let batch = ahead.batch();
+        for (b, chunk) in images.chunks(batch).enumerate() {
+            let first = b * batch;
+            let prepared: Vec<_> = if chunk.len() == 1 {
+                vec![prepare(&chunk[0], plan, host_tta)]
+            } else {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = chunk
+                        .iter()
+                        .map(|path| s.spawn(move || prepare(path, plan, host_tta)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .zip(chunk)
+                        .map(|(h, path)| {
+                            h.join().unwrap_or_else(|_| {
+                                (
+                                    Err(format!("{}: the reader panicked", path.display())),
+                                    None,
+                                )
+                            })
+                        })
+                        .collect()
+                })
+            };
+            for (k, p) in prepared.into_iter().enumerate() {
+                if tx.send((first + k, p)).is_err() {
+                    return;
+                }
+            }
+            if let ReadAhead::BetweenRuns { .. } = ahead {
+                // Wait until the jobs have scored this batch: the cores are then free.
+                for _ in 0..chunk.len() {
+                    if scored.recv().is_err() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// An image read, preprocessed and flipped, ready to score. Made on a reader thread
@@ -821,22 +895,24 @@ mod imp {
             freed: Condvar::new(),
         };
         let mut slots: Vec<Option<Row>> = images.iter().map(|_| None).collect();
-        // The reader decodes ahead of the jobs (one image each in the queue), so decoding
-        // and resizing overlap inference; results come back in any order.
-        let (tx, rx) = std::sync::mpsc::sync_channel(jobs);
+        // How the reader shares the cores with the network: see `ReadAhead`.
+        let read_ahead = if model.is_torch() {
+            ReadAhead::BetweenRuns {
+                batch: model.threads.min(images.len()).max(1),
+            }
+        } else {
+            ReadAhead::Overlapped
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(jobs.max(read_ahead.batch()));
         let rx = Mutex::new(rx);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
+        // One message per image scored, so that a `BetweenRuns` reader knows the cores are free.
+        let (scored_tx, scored_rx) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|scope| {
             let plan = &plan;
-            scope.spawn(move || {
-                for (i, path) in images.iter().enumerate() {
-                    if tx.send((i, prepare(path, plan, host_tta))).is_err() {
-                        break;
-                    }
-                }
-            });
+            scope.spawn(move || read_images(images, plan, host_tta, read_ahead, &tx, &scored_rx));
             for _ in 0..jobs {
-                let (rx, done_tx) = (&rx, done_tx.clone());
+                let (rx, done_tx, scored_tx) = (&rx, done_tx.clone(), scored_tx.clone());
                 let (model, budget, args, names) = (&model, &budget, &args, &names);
                 scope.spawn(move || {
                     let mut job = Job {
@@ -850,13 +926,14 @@ mod imp {
                         };
                         let result = prepared
                             .and_then(|p| score(&names[i], p, model, &mut job, budget, args));
+                        let _ = scored_tx.send(());
                         if done_tx.send((i, result, warning)).is_err() {
                             break;
                         }
                     }
                 });
             }
-            drop(done_tx);
+            drop((done_tx, scored_tx));
             let mut done = 0;
             for (i, result, warning) in done_rx {
                 let path = &images[i];

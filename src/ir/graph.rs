@@ -196,6 +196,21 @@ impl Graph {
         output
     }
 
+    /// A copy of everything but the weights (`params` left empty): for a runtime that
+    /// keeps the weights in its own storage and needs only the structure.
+    pub fn structure(&self) -> Graph {
+        Graph {
+            name: self.name.clone(),
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.clone(),
+            values: self.values.clone(),
+            nodes: self.nodes.clone(),
+            params: BTreeMap::new(),
+            layers: self.layers.clone(),
+            source: self.source.clone(),
+        }
+    }
+
     pub fn node_by_name(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
     }

@@ -5,6 +5,6 @@ pub mod heatmap;
 #[cfg(feature = "keras")]
 pub mod rehead;
 
-pub use fold_bn::{fold_batch_norm, FoldReport, FoldedPair};
+pub use fold_bn::{fold_batch_norm, fold_batch_norm_in_place, FoldReport, FoldedPair};
 #[cfg(feature = "keras")]
 pub use rehead::{rehead, ReheadOptions, ReheadReport, Top};

@@ -234,7 +234,11 @@ pub(crate) struct Val {
 /// An IR graph ready to run on libtorch.
 pub struct TorchModel {
     pub vs: nn::VarStore,
+    /// The graph's structure ([`Graph::structure`]: `params` is empty; the weights live in
+    /// `vs`, and their Keras shapes in `param_shapes`).
     pub graph: Graph,
+    /// `"{layer}.{slot}"` -> the weight's Keras shape (to give weights back in Keras layout).
+    param_shapes: HashMap<String, Vec<usize>>,
     pub same: SameRule,
     pub bilinear: BilinearMode,
     /// Compute precision (`Kind::Float` unless changed with [`TorchModel::with_kind`]).
@@ -281,15 +285,12 @@ pub fn from_host(shape: &[usize], data: &[f32], device: Device) -> Result<Tensor
         .map_err(terr("building a tensor"))
 }
 
-fn ir_to_tch(t: &crate::ir::Tensor) -> Result<Tensor> {
-    from_host(&t.shape, &t.data, Device::Cpu)
-}
-
 impl TorchModel {
     /// Load the graph's weights into a frozen VarStore on `device`.
     pub fn new(graph: &Graph, device: Device) -> Result<TorchModel> {
         let mut vs = nn::VarStore::new(device);
         let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut param_shapes = HashMap::new();
         for n in &graph.nodes {
             for slot in n.op.weight_slots() {
                 let name = var_name(&n.layer, slot);
@@ -301,14 +302,15 @@ impl TorchModel {
                     Error::graph(format!("node {}: missing parameter {key}", n.name))
                 })?;
                 let torch_layout = ops::to_torch_layout(&n.op, slot, p)?;
-                let t = ir_to_tch(&torch_layout)?;
+                // A fresh tensor of its own, so it becomes the variable as it is (not
+                // `var_copy`'s zero-filled variable and a second copy).
+                let t = from_host(&torch_layout.shape, &torch_layout.data, device)?;
                 let mut path = vs.root();
                 for c in components(&n.layer) {
                     path = path.sub(c);
                 }
-                let _var = path
-                    .f_var_copy(&escape_component(slot), &t)
-                    .map_err(terr(&format!("loading {key}")))?;
+                let _var = path.add(&escape_component(slot), t, true);
+                param_shapes.insert(key, p.shape.clone());
                 seen.insert(name, ());
             }
         }
@@ -316,7 +318,8 @@ impl TorchModel {
         let weights = vs.variables();
         Ok(TorchModel {
             vs,
-            graph: graph.clone(),
+            graph: graph.structure(),
+            param_shapes,
             same: SameRule::for_source(&graph.source),
             bilinear: BilinearMode::for_source(&graph.source),
             kind: Kind::Float,
@@ -327,9 +330,10 @@ impl TorchModel {
     /// [`TorchModel::new`] for inference only: BatchNormalization folded into the
     /// convolution before it (one pass over each activation fewer; the moving statistics
     /// are gone, so this model does not train).
-    pub fn for_inference(graph: &Graph, device: Device) -> Result<TorchModel> {
-        let (folded, _) = crate::passes::fold_batch_norm(graph)?;
-        TorchModel::new(&folded, device)
+    /// Takes the graph by value: folding rewrites its kernels where they lie.
+    pub fn for_inference(mut graph: Graph, device: Device) -> Result<TorchModel> {
+        crate::passes::fold_batch_norm_in_place(&mut graph)?;
+        TorchModel::new(&graph, device)
     }
 
     /// Override the `same`-padding rule (e.g. run a Theano-saved model with TensorFlow's
@@ -453,14 +457,9 @@ impl TorchModel {
                 if out.contains_key(&key) {
                     continue;
                 }
-                let shape = &self
-                    .graph
-                    .params
-                    .get(&key)
-                    .ok_or_else(|| {
-                        Error::graph(format!("node {}: missing parameter {key}", n.name))
-                    })?
-                    .shape;
+                let shape = self.param_shapes.get(&key).ok_or_else(|| {
+                    Error::graph(format!("node {}: missing parameter {key}", n.name))
+                })?;
                 let h = to_host(self.weight(&n.layer, slot)?)?;
                 let t = crate::ir::Tensor::new(h.shape, h.data)?;
                 out.insert(key, ops::from_torch_layout(&n.op, slot, &t, shape)?);
@@ -478,12 +477,10 @@ impl TorchModel {
             .iter()
             .find(|n| n.layer == layer && n.op.weight_slots().contains(&slot))
             .ok_or_else(|| Error::graph(format!("no weight {key} in the graph")))?;
-        let shape = &self
-            .graph
-            .params
+        let shape = self
+            .param_shapes
             .get(&key)
-            .ok_or_else(|| Error::graph(format!("no parameter {key}")))?
-            .shape;
+            .ok_or_else(|| Error::graph(format!("no parameter {key}")))?;
         Ok((n, shape))
     }
 
@@ -606,7 +603,18 @@ impl TorchModel {
         // element-wise op on such a value's last use overwrites it.
         let mut own_storage = vec![false; g.values.len()];
         let may_reuse = matches!(mode, Mode::Eval) && !keep_all;
-        for n in &g.nodes {
+        // A residual add whose only reader is a ReLU runs as one fused pass (no value in
+        // between is ever seen, so only in inference without `keep_all`).
+        let absorbed_relu = if may_reuse {
+            ops::relus_after_adds(g, &uses)
+        } else {
+            vec![None; g.nodes.len()]
+        };
+        let mut add_then_relu = vec![false; g.nodes.len()];
+        for &a in absorbed_relu.iter().flatten() {
+            add_then_relu[a] = true;
+        }
+        for (i, n) in g.nodes.iter().enumerate() {
             let reuse_first = may_reuse
                 && n.inputs
                     .first()
@@ -623,6 +631,18 @@ impl TorchModel {
                 _ => None,
             };
             let out = match sink {
+                // The add before it already applied this ReLU.
+                None if absorbed_relu[i].is_some() => match n.inputs.as_slice() {
+                    [v] => vals[*v].as_ref().map(|x| Val {
+                        t: x.t.shallow_clone(),
+                        lay: x.lay.clone(),
+                    }),
+                    _ => None,
+                }
+                .ok_or_else(|| Error::graph(format!("node {}: fused input missing", n.name)))?,
+                None if add_then_relu[i] => {
+                    ops::add_relu(self, &vals, n, reuse_first).map_err(name)?
+                }
                 None => ops::run_node(self, &vals, n, mode, reuse_first).map_err(name)?,
                 Some(sink) => match ops::split_softmax(&n.op) {
                     // Softmax fused into a Conv/Dense: run it linear, keep the logits.
