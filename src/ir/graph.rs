@@ -199,15 +199,26 @@ impl Graph {
     /// A copy of everything but the weights (`params` left empty): for a runtime that
     /// keeps the weights in its own storage and needs only the structure.
     pub fn structure(&self) -> Graph {
+        // Destructured in full, so that a new field is a compile error here, not a loss.
+        let Graph {
+            name,
+            inputs,
+            outputs,
+            values,
+            nodes,
+            params: _,
+            layers,
+            source,
+        } = self;
         Graph {
-            name: self.name.clone(),
-            inputs: self.inputs.clone(),
-            outputs: self.outputs.clone(),
-            values: self.values.clone(),
-            nodes: self.nodes.clone(),
+            name: name.clone(),
+            inputs: inputs.clone(),
+            outputs: outputs.clone(),
+            values: values.clone(),
+            nodes: nodes.clone(),
             params: BTreeMap::new(),
-            layers: self.layers.clone(),
-            source: self.source.clone(),
+            layers: layers.clone(),
+            source: source.clone(),
         }
     }
 

@@ -142,7 +142,7 @@ pub fn fold_batch_norm_in_place(out: &mut Graph) -> Result<FoldReport> {
             )));
         }
         // Channel-sized rows rather than `i % ch` per element: vectorised, and no division
-        // per weight (100 -> 10 ms on a full-width ResNet50).
+        // per weight (the whole fold of a full-width ResNet50 took 98 ms with it).
         for row in kernel.data.chunks_exact_mut(ch) {
             for (x, s) in row.iter_mut().zip(&scale) {
                 *x *= s;
