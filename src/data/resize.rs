@@ -106,11 +106,20 @@ fn hpass_f32<T: Copy>(
 ) -> Vec<f32> {
     let dw = tx.idx.len();
     let mut out = vec![0f32; sh * dw];
+    // One source row converted at a time (a vectorised pass, each value once), then every
+    // output reads its four taps from it; the sum keeps OpenCV's order.
+    let mut row = vec![0f32; sw];
     for y in (0..sh).filter(|&y| used[y]) {
-        let s = &src[y * sw..(y + 1) * sw];
+        for (r, &v) in row.iter_mut().zip(&src[y * sw..(y + 1) * sw]) {
+            *r = load(v);
+        }
         let d = &mut out[y * dw..(y + 1) * dw];
         for ((o, i), a) in d.iter_mut().zip(&tx.idx).zip(&tx.w) {
-            let v = i.map(|k| load(s[k]));
+            // Inside the image the taps are four neighbours: one slice, one bounds check.
+            let v: [f32; 4] = match row.get(i[0]..i[0] + 4) {
+                Some(w) if i[3] == i[0] + 3 => [w[0], w[1], w[2], w[3]],
+                _ => i.map(|k| row[k]),
+            };
             *o = v[0] * a[0] + v[1] * a[1] + v[2] * a[2] + v[3] * a[3];
         }
     }
