@@ -1,27 +1,119 @@
 #!/usr/bin/env bash
-# The CUDA checks, for a lent GPU machine (which has PyTorch 2.11 but no Rust).
-#   scripts/gpu_check.sh build   here: builds the test binary into build/gpu/ (carry it)
-#   scripts/gpu_check.sh run     there: runs the ignored CUDA parity test with torch's lib/
+# Every check that needs a GPU, for a lent GPU machine (PyTorch 2.11, h5py, no Rust, no Keras,
+# 64 MiB for the whole working tree). Two halves:
+#   scripts/gpu_check.sh build   here: the release allconv and the torch_parity test binary,
+#                                stripped and xz-compressed (~16 MB), and the full-width
+#                                benchmark model's skeleton (converters/h5_skeleton.py: its
+#                                structure, no weights) into build/gpu/. Carry build/gpu.
+#   scripts/gpu_check.sh run     there (the device tool's `run`, carry ["build/gpu"]):
+#     1. the ignored CUDA parity test (tests/torch_parity.rs, every fixture against a float64
+#        reference, per layer);
+#     2. the benchmark model rebuilt from its skeleton with seeded random weights;
+#     3. 2 x PER_CLASS synthetic 16-bit mammograms at HxW (allconv synth);
+#     4. allconv finetune --device cuda on them, float32 and --amp (2 epochs, all layers,
+#        Adam, train batch BATCH): images/s of the warm epoch and the data-wait share;
+#     5. the PyTorch eager loop on the same model, batch and card, float32 and AMP
+#        (converters/torch_train_peer.py).
+#   Each step's output goes under $OUT (or build/gpu/out), with summary.md at the end.
+#   A step that fails is recorded and the next one runs.
 # libtorch_cuda.so is loaded at run time (allconv::torch::load_cuda), so the CPU build works.
-set -euo pipefail
+# A dry run on this machine (no GPU: CUDA steps fail and say so, the peer needs torch):
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_PER_CLASS=2 GPU_CHECK_BATCH=2 \
+#     GPU_CHECK_PY=.venv-tf/bin/python scripts/gpu_check.sh run
+set -uo pipefail
 cd "$(dirname "$0")/.."
+gpu=build/gpu
 case "${1:-}" in
   build)
+    set -e
     scripts/setup.sh
-    bin=$(cargo test --test torch_parity --no-run --message-format=json 2>/dev/null |
+    cargo build --release
+    bin=$(cargo test --release --test torch_parity --no-run --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("executable") and "torch_parity" in m["target"]["name"]:
         print(m["executable"])')
-    mkdir -p build/gpu && cp "$bin" build/gpu/torch_parity
-    echo "built build/gpu/torch_parity"
+    rm -rf "$gpu" && mkdir -p "$gpu"
+    for pair in "target/release/allconv:allconv" "$bin:torch_parity"; do
+      cp "${pair%%:*}" "$gpu/${pair##*:}" && strip "$gpu/${pair##*:}" && xz -T0 -6 "$gpu/${pair##*:}"
+    done
+    model=build/bench/k208_full_resnet50_whole_resnet_tf.h5
+    if [ -f "$model" ]; then
+      .venv-tf/bin/python converters/h5_skeleton.py dump "$model" "$gpu/bench_skeleton.json"
+    else
+      echo "gpu_check: no $model (bash converters/make_all.sh --bench makes it): no benchmark skeleton" >&2
+    fi
+    du -sh "$gpu"
     ;;
   run)
-    lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
-    ALLCONV_ROOT="$(pwd)" LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}" \
-      build/gpu/torch_parity --ignored --nocapture torch_cuda
+    out=${OUT:-$gpu/out}; mkdir -p "$out"
+    device=${GPU_CHECK_DEVICE:-cuda}; size=${GPU_CHECK_SIZE:-1152x896}
+    per_class=${GPU_CHECK_PER_CLASS:-32}; batch=${GPU_CHECK_BATCH:-8}
+    h=${size%x*}; w=${size#*x}
+    for b in allconv torch_parity; do
+      [ -x "$gpu/$b" ] || { xz -dkf "$gpu/$b.xz" && chmod +x "$gpu/$b"; }
+    done
+    lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)
+    export LD_LIBRARY_PATH="${lib:+$lib:}${LD_LIBRARY_PATH:-}" ALLCONV_ROOT="$(pwd)"
+    status() { echo "| $1 | $2 |" >> "$out/steps.md"; echo "gpu_check: $1: $2" >&2; }
+    : > "$out/steps.md"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/card.txt" 2>&1 || true
+    if [ "$device" = cuda ]; then
+      "$gpu/torch_parity" --ignored --nocapture torch_cuda > "$out/parity.log" 2>&1
+      status "CUDA parity (tests/torch_parity.rs torch_cuda_matches_float64_graph)" "exit $?"
+    fi
+    ${GPU_CHECK_PY:-python3} converters/h5_skeleton.py build "$gpu/bench_skeleton.json" "$gpu/whole.h5" --seed 1 > "$out/model.log" 2>&1
+    status "benchmark model from its skeleton" "exit $?"
+    rm -rf "$gpu/data"
+    "$gpu/allconv" synth "$gpu/data" --per-class "$per_class" --size "$size" > "$out/synth.log" 2>&1
+    status "synthetic data, $((2 * per_class)) training images ${size}" "exit $?"
+    for mode in fp32 amp; do
+      flag=(); [ "$mode" = amp ] && flag=(--amp)
+      rm -rf "$gpu/ft_$mode"
+      start=$(date +%s.%N)
+      "$gpu/allconv" finetune "$gpu/whole.h5" --train "$gpu/data/train" --val "$gpu/data/val" \
+        -o "$gpu/ft_$mode/best.h5" --img-size "$h" "$w" --rescale-factor 0.0000305 \
+        --featurewise-mean 0.5 --batch-size $((2 * batch)) --train-bs-multiplier 0.5 \
+        --nb-epoch 0 --all-layer-epochs 2 --optimizer adam --init-learningrate 0.0001 \
+        --no-augmentation --device "$device" "${flag[@]}" --log "$out/finetune_$mode.jsonl" \
+        > "$out/finetune_$mode.log" 2>&1
+      rc=$?
+      echo "{\"start\": $start, \"end\": $(date +%s.%N)}" > "$out/finetune_${mode}_wall.json"
+      status "allconv finetune --device $device ($mode)" "exit $rc"
+      python3 converters/torch_train_peer.py "$h" "$w" "$batch" 20 "${flag[@]}" \
+        > "$out/peer_$mode.json" 2> "$out/peer_$mode.log"
+      status "PyTorch eager peer ($mode)" "exit $?"
+    done
+    python3 - "$out" "$size" "$batch" "$per_class" <<'PY'
+import json, os, sys
+out, size, batch, per_class = sys.argv[1:]
+def last_json(path):
+    try:
+        lines = [l for l in open(path) if l.startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+    except OSError:
+        return None
+card = open(os.path.join(out, "card.txt")).read().strip() or "(nvidia-smi gave nothing)"
+rows = [f"Card: {card}. Full-width ResNet50 + [512-512-1024]x2 at {size}, train batch {batch}, "
+        f"Adam, no augmentation, {2 * int(per_class)} synthetic 16-bit images.", "",
+        "| run | images/s | data-wait share | peak GPU MiB | whole command (s) |", "|---|---|---|---|---|"]
+for mode in ("fp32", "amp"):
+    a = last_json(os.path.join(out, f"finetune_{mode}.jsonl"))
+    wall = last_json(os.path.join(out, f"finetune_{mode}_wall.json"))
+    if a:
+        rows.append(f"| allconv finetune ({mode}) | {a['images_per_s']:.2f} | {a.get('data_wait_share', float('nan')):.2f} | | {wall['end'] - wall['start']:.1f} |")
+    else:
+        rows.append(f"| allconv finetune ({mode}) | failed: see finetune_{mode}.log | | | |")
+    p = last_json(os.path.join(out, f"peer_{mode}.json"))
+    if p:
+        rows.append(f"| {p['peer']} ({mode}) | {p['images_per_s']:.2f} | (inputs on the GPU) | {p['peak_gpu_mb']:.0f} | |")
+    else:
+        rows.append(f"| PyTorch eager ({mode}) | failed: see peer_{mode}.log | | | |")
+rows += ["", "| step | result |", "|---|---|"] + open(os.path.join(out, "steps.md")).read().splitlines()
+open(os.path.join(out, "summary.md"), "w").write("\n".join(rows) + "\n")
+print("\n".join(rows))
+PY
     ;;
   *) echo "usage: scripts/gpu_check.sh build|run" >&2; exit 2 ;;
 esac
