@@ -208,7 +208,9 @@ fn time_runs(runs: usize, mut run: impl FnMut() -> Result<()>) -> Result<Vec<f64
 }
 
 /// [`bench_run`] for a Keras `.h5` on libtorch (CPU), as `predict --backend torch` runs
-/// it: read + VarStore is the load, then the same input and timing loop.
+/// it: read + VarStore is the load, then the same input and timing loop. A 3-channel model
+/// takes one channel where predict would feed it a grey image three times
+/// ([`crate::passes::fold_grey_input`]); `input_shape` stays the model's.
 #[cfg(feature = "torch")]
 pub fn bench_run_torch(
     path: &Path,
@@ -219,12 +221,18 @@ pub fn bench_run_torch(
     use crate::torch::{from_host, TorchModel};
     tch::set_num_threads(threads.try_into().unwrap_or(i32::MAX));
     let t = Instant::now();
-    let graph = read_model(path, &ReadOptions::default())?;
+    let mut graph = read_model(path, &ReadOptions::default())?;
+    let mut fed_shape = input_shape.to_vec();
+    if crate::passes::fold_grey_input(&mut graph)? {
+        if let Some(c) = fed_shape.last_mut() {
+            *c = 1;
+        }
+    }
     let model = TorchModel::for_inference(graph, tch::Device::Cpu)?;
     let load_s = t.elapsed().as_secs_f64();
-    let input = bench_input(input_shape);
+    let input = bench_input(&fed_shape);
     let run = || -> Result<()> {
-        let x = from_host(input_shape, &input, tch::Device::Cpu)?;
+        let x = from_host(&fed_shape, &input, tch::Device::Cpu)?;
         model.forward_t(&x, false).map(drop)
     };
     run()?;

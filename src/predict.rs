@@ -128,6 +128,9 @@ mod imp {
         in_graph_pre: Option<InGraph>,
         in_graph_tta: bool,
         heatmap: Option<HeatmapReport>,
+        /// The engine takes the grey image itself where the model declares 3 channels of
+        /// it ([`allconv::passes::fold_grey_input`]): the host feeds one channel.
+        grey_folded: bool,
         threads: usize,
         /// One optimised plan per input size, shared by the jobs (each runs it on its own
         /// executor, [`TractModel::with_threads`]).
@@ -288,6 +291,7 @@ mod imp {
                 in_graph_pre,
                 in_graph_tta,
                 heatmap: None,
+                grey_folded: false,
                 threads,
                 plans: Mutex::new(HashMap::new()),
             })
@@ -343,7 +347,7 @@ mod imp {
                 _ => None,
             };
             let nchw = inp.data_format == DataFormat::ChannelsFirst;
-            let engine = keras_engine(args, g, threads)?;
+            let (engine, grey_folded) = keras_engine(args, g, threads)?;
             Ok(Model {
                 nchw,
                 engine,
@@ -352,28 +356,33 @@ mod imp {
                 in_graph_pre: None,
                 in_graph_tta: false,
                 heatmap,
+                grey_folded,
                 threads,
                 plans: Mutex::new(HashMap::new()),
             })
         }
     }
 
-    /// tract (ONNX in memory) or libtorch for a Keras graph, as `--backend` says.
+    /// tract (ONNX in memory) or libtorch for a Keras graph, as `--backend` says, and
+    /// whether the engine takes the grey image as one channel (libtorch: predict feeds grey
+    /// images only, so a 3-channel model always gets three equal channels).
     #[cfg(feature = "keras")]
-    fn keras_engine(args: &PredictArgs, g: Graph, threads: usize) -> Res<Engine> {
+    fn keras_engine(args: &PredictArgs, g: Graph, threads: usize) -> Res<(Engine, bool)> {
         #[cfg(feature = "torch")]
         if args.backend != "tract" {
+            let mut g = g;
+            let err = |e: allconv::Error| format!("{}: {e}", args.model.display());
+            let grey_folded = allconv::passes::fold_grey_input(&mut g).map_err(err)?;
             tch::set_num_threads(threads.try_into().unwrap_or(i32::MAX));
-            let t = allconv::torch::TorchModel::for_inference(g, tch::Device::Cpu)
-                .map_err(|e| format!("{}: {e}", args.model.display()))?;
-            return Ok(Engine::Torch(Mutex::new(Box::new(t))));
+            let t = allconv::torch::TorchModel::for_inference(g, tch::Device::Cpu).map_err(err)?;
+            return Ok((Engine::Torch(Mutex::new(Box::new(t))), grey_folded));
         }
         #[cfg(not(feature = "torch"))]
         if args.backend == "torch" {
             return Err("--backend torch needs allconv built with the `torch` feature".into());
         }
         let _ = threads;
-        Ok(Engine::Keras(Box::new(g)))
+        Ok((Engine::Keras(Box::new(g)), false))
     }
 
     /// The host-side pipeline and how it was chosen.
@@ -442,6 +451,9 @@ mod imp {
         eff.channels = model_channels;
         let spec = eff.to_string();
         let mut host = eff.clone();
+        if m.grey_folded {
+            host.channels = 1;
+        }
         let mut compensate = None;
         if let Some(g) = m.in_graph_pre {
             host.channels = m.channels;

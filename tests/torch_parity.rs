@@ -407,3 +407,105 @@ fn overwriting_last_uses_changes_no_output() {
     assert!(merges > 10, "only {merges} merges over the fixtures");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A 3-channel model fed a grey image three times takes the grey image once
+/// (`passes::fold_grey_input`, what `predict` does on libtorch). Against genuine tf-keras on
+/// real mini-MIAS pixels (`prep_tta.npz`: the grey image duplicated, and Keras's output on
+/// it), the folded model on the single channel stays within the file's 1e-4, as the
+/// unfolded one does on the three. On every fixture the fold applies to (its first
+/// convolutions read the input alone), the folded model on a grey input agrees with the
+/// unfolded one on that input duplicated, within the runtime bound of that fixture (3x
+/// genuine Keras's own float32 error against the float64 graph, as the CUDA test): the two
+/// differ only in the order of float32 sums, as two runtimes do.
+#[test]
+fn grey_input_fold_matches_keras_on_duplicated_grey() {
+    use allconv::passes::fold_grey_input;
+    let dir = common::fixtures_dir().join("k208tf_resnet50_whole_resnet");
+    let (model, opts) = common::read_options(&dir);
+    let g = read_model(&model, &opts).expect("reads");
+    let prep = read_npz(&dir.join("prep_tta.npz")).expect("prep_tta.npz");
+    let dup = &prep["preprocessed"];
+    let keras = &prep["flips"]; // flips[0]: tf-keras on `preprocessed` itself
+    let n = dup.shape[0] * 2;
+    let grey: Vec<f32> = dup.data.chunks_exact(3).map(|px| px[0]).collect();
+    let mut grey_shape = dup.shape.clone();
+    grey_shape[3] = 1;
+    let mut folded = g.clone();
+    assert!(
+        fold_grey_input(&mut folded).expect("folds"),
+        "the fold did not apply"
+    );
+    let worst = |tm: &TorchModel, shape: &[usize], data: &[f32]| -> f32 {
+        let y = tm
+            .forward_t(&from_host(shape, data, Device::Cpu).unwrap(), false)
+            .unwrap();
+        let y = to_host(&y).unwrap();
+        y.data
+            .iter()
+            .zip(&keras.data[..n])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    };
+    let plain = worst(
+        &TorchModel::new(&g, Device::Cpu).unwrap(),
+        &dup.shape,
+        &dup.data,
+    );
+    let one = worst(
+        &TorchModel::new(&folded, Device::Cpu).unwrap(),
+        &grey_shape,
+        &grey,
+    );
+    assert!(plain <= ATOL, "unfolded vs tf-keras: {plain}");
+    assert!(one <= ATOL, "folded on one channel vs tf-keras: {one}");
+
+    // Every fixture: applies or not, and where it applies, the same function.
+    let (mut applied, mut left) = (0, 0);
+    let mut failures = Vec::new();
+    for dir in common::model_fixtures() {
+        let name = name_of(&dir);
+        let (model, opts) = common::read_options(&dir);
+        let g = read_model(&model, &opts).expect("fixture reads");
+        let mut f = g.clone();
+        if !fold_grey_input(&mut f).expect("fold runs") {
+            left += 1;
+            continue;
+        }
+        applied += 1;
+        let npz = dir.join("io.npz");
+        let refs = read_npz(&npz).expect("io.npz");
+        let exact = float64_reference(&g, &refs, &npz).expect("float64 run");
+        let bound = common::runtime_bound(common::keras_float32_error(&refs, &exact).0);
+        let x = &reference_inputs(&refs, 1, &npz).unwrap()[0];
+        let grey: Vec<f32> = x.data.chunks_exact(3).map(|px| px[0]).collect();
+        let dup: Vec<f32> = grey.iter().flat_map(|&v| [v, v, v]).collect();
+        let mut grey_shape = x.shape.clone();
+        *grey_shape.last_mut().unwrap() = 1;
+        let run = |g: &allconv::ir::Graph, shape: &[usize], data: &[f32]| {
+            let tm = TorchModel::new(g, Device::Cpu).unwrap();
+            let y = tm
+                .forward_t(&from_host(shape, data, Device::Cpu).unwrap(), false)
+                .unwrap();
+            to_host(&y).unwrap().data
+        };
+        let want = run(&g, &x.shape, &dup);
+        let got = run(&f, &grey_shape, &grey);
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+            / scale;
+        if got.len() != want.len() || err.is_nan() || err > bound {
+            failures.push(format!(
+                "{name}: folded vs duplicated grey, {err:e} per unit of range (bound {bound:e})"
+            ));
+        }
+    }
+    assert!(
+        applied >= 5 && left >= 1,
+        "applied to {applied}, left {left}"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
