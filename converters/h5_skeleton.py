@@ -13,6 +13,7 @@ allconv reads like the original. Throughput does not depend on the weights' valu
 Needs h5py and numpy (the GPU machine has both).
 """
 import json
+import os
 import sys
 
 import h5py
@@ -85,7 +86,6 @@ def build(src, dst, seed):
                 obj = f.require_group(n["path"])
             for k, a in n["attrs"].items():
                 obj.attrs[k] = attr_from_json(a)
-    import os
     os.replace(dst + ".tmp", dst)
     print(f"{dst}: rebuilt from {src} with seed {seed}")
 

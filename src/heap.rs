@@ -14,7 +14,7 @@ pub fn keep_freed_memory() -> bool {
     // block that does not fit one (a decoded 4096x3328 mammogram as f32 is 54 MB, next to
     // its 27 MB of 16-bit pixels) is mapped and unmapped on its own whatever the
     // thresholds. `predict`'s reader threads faulted 5 GB back in over 20 images (2.4 s of
-    // system time; 20 images on libtorch 10.7 -> 9.5 s, 8 on tract 7.65 -> 7.33 s and
+    // system time; 20 images on libtorch 10.7 -> 9.5-9.7 s, 8 on tract 7.65 -> 7.33 s and
     // 2.1 -> 1.9 GiB peak). The threads that share it allocate a few large blocks per
     // image or layer, so the arena's lock is not contended.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
