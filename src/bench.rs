@@ -229,6 +229,9 @@ pub fn bench_run_torch(
         }
     }
     let model = TorchModel::for_inference(graph, tch::Device::Cpu)?;
+    model
+        .check_activations(&fed_shape)
+        .map_err(|e| crate::error::Error::Other(format!("{}: {e}", path.display())))?;
     let load_s = t.elapsed().as_secs_f64();
     let input = bench_input(&fed_shape);
     let run = || -> Result<()> {

@@ -6,6 +6,7 @@
 //! process-wide setting, read where each parser checks, so a user raises (or lowers) a
 //! bound once on the command line (`--limit NAME=VALUE`) and every reader obeys it.
 
+use crate::error::Error;
 use std::sync::{OnceLock, RwLock};
 
 /// Every bound, in the units its name says.
@@ -197,6 +198,25 @@ fn parse_amount(s: &str, bytes: bool) -> Option<u64> {
         v as u64
     };
     (n > 0).then_some(n)
+}
+
+/// Refuse a run whose activations (an estimate from the plan's shapes, made before anything
+/// is allocated) exceed the `activation-bytes` limit: the same message for every runtime.
+pub fn check_activations(bytes: u64, at: &str, input_shapes: &[Vec<usize>]) -> Result<(), Error> {
+    let limit = current().activation_bytes;
+    if bytes <= limit {
+        return Ok(());
+    }
+    Err(Error::Other(format!(
+        "at input shape {} the model holds about {} of activations at once (at node {at:?}), above the {} limit; choose a smaller input size, or raise it with --limit activation-bytes=SIZE",
+        input_shapes
+            .iter()
+            .map(|s| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        bytes_text(bytes),
+        bytes_text(limit)
+    )))
 }
 
 /// Bytes as a user reads them: `18.0 GiB`, `64 MiB`, `512 B`.

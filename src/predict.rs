@@ -530,6 +530,7 @@ mod imp {
             let t = t.lock().unwrap_or_else(|e| e.into_inner());
             let c = shape[2];
             let dims = if m.nchw { [1, c, h, w] } else { [1, h, w, c] };
+            t.check_activations(&dims).map_err(|e| e.to_string())?;
             let input = from_host(&dims, &data, t.device()).map_err(|e| e.to_string())?;
             let outs = t
                 .forward_outputs(&[input], false)

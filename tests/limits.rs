@@ -99,6 +99,23 @@ fn activation_limit_refuses_and_the_default_passes() {
         &allconv(&low),
         &["above the 1 KiB limit", "--limit activation-bytes"],
     );
+    // predict on libtorch (the .h5 default) and on tract estimate before they run.
+    let image = fixture("images", "mdb001.pgm");
+    for backend in ["torch", "tract"] {
+        let args = ["predict", &s(&model), &s(&image), "--backend", backend];
+        if backend == "torch" && !cfg!(feature = "torch") {
+            continue;
+        }
+        assert_ok("predict", &allconv(&args));
+        let mut low = args.to_vec();
+        low.extend(["--limit", "activation-bytes=1K"]);
+        assert_refused(
+            &format!("predict on {backend} with 1 KiB of activations"),
+            &image,
+            &allconv(&low),
+            &["above the 1 KiB limit", "--limit activation-bytes"],
+        );
+    }
 }
 
 #[test]

@@ -509,3 +509,95 @@ fn grey_input_fold_matches_keras_on_duplicated_grey() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `convert` without a reference embeds libtorch's output on the graph (the full build's
+/// default), and `verify` runs the written file in tract against it. On every fixture with
+/// one input and a fixed size: the vector is labelled as libtorch's, `verify` passes, and
+/// it equals the tract self-run vector of `--vector-backend tract` (same input) within
+/// the cross-runtime bound that `verify` holds it to.
+#[test]
+fn convert_embeds_libtorch_vectors_that_tract_verifies() {
+    use allconv::runtime::ModelFile;
+    use allconv::verify::{
+        convert, verify_onnx, ConvertOptions, VectorBackend, VerifyOptions, CROSS_RUNTIME_ATOL,
+        SELF_RUN, TORCH_RUN,
+    };
+    let tmp = std::env::temp_dir().join(format!("allconv-torch-vectors-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let embedded = |p: &Path| {
+        let md = ModelFile::open(p).expect("written file opens").metadata;
+        allconv::meta::test_vectors(&md)
+            .expect("vectors decode")
+            .expect("vectors embedded")
+    };
+    let (mut failures, mut checked, mut worst) = (Vec::new(), 0, (0f32, String::new()));
+    for dir in common::model_fixtures() {
+        let name = name_of(&dir);
+        let (model, read) = common::read_options(&dir);
+        let opts = |vector_backend| ConvertOptions {
+            read: read.clone(),
+            threads: 2,
+            vector_backend,
+            ..Default::default()
+        };
+        let (auto, tract) = (
+            tmp.join(format!("{name}.onnx")),
+            tmp.join(format!("{name}_t.onnx")),
+        );
+        let r = match convert(&model, &auto, &opts(VectorBackend::Auto)) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{name}: convert: {e}"));
+                continue;
+            }
+        };
+        let graph_inputs = read_model(&model, &read)
+            .map(|g| g.inputs.len())
+            .unwrap_or(0);
+        if r.test_vector_source == "none" {
+            // Symbolic size, or several inputs (vectors hold one): nothing to run.
+            continue;
+        }
+        assert_eq!(graph_inputs, 1, "{name}: vectors for {graph_inputs} inputs");
+        let t = convert(&model, &tract, &opts(VectorBackend::Tract)).expect("tract vectors");
+        assert_eq!(t.test_vector_source, SELF_RUN, "{name}");
+        if r.test_vector_source != TORCH_RUN {
+            failures.push(format!("{name}: vectors from {}", r.test_vector_source));
+            continue;
+        }
+        let ((ti, to), (si, so)) = (embedded(&auto), embedded(&tract));
+        assert_eq!(ti.data, si.data, "{name}: the same synthetic input");
+        let scale = so.data.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let c = compare("output", &to.data, &to.shape, &so.data, &so.shape, 0.0, 0.0);
+        let rel = c.max_abs_err / scale;
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
+        if rel > CROSS_RUNTIME_ATOL {
+            failures.push(format!(
+                "{name}: libtorch vs tract vector {rel:.3e} x range"
+            ));
+        }
+        match verify_onnx(&auto, None, &VerifyOptions::default()) {
+            Ok(v) if v.passed => eprintln!(
+                "{name}: libtorch vector, tract verify PASS {:.3e} (bound {:.1e}); vs tract's own vector {rel:.3e} x range",
+                v.max_abs_err, v.atol
+            ),
+            Ok(v) => failures.push(format!("{name}: verify FAIL\n{}", v.to_text())),
+            Err(e) => failures.push(format!("{name}: verify: {e}")),
+        }
+        checked += 1;
+        std::fs::remove_file(&auto).ok();
+        std::fs::remove_file(&tract).ok();
+    }
+    std::fs::remove_dir_all(&tmp).ok();
+    eprintln!(
+        "libtorch test vectors: {checked} fixtures, worst {:.3e} x range ({})",
+        worst.0, worst.1
+    );
+    assert!(
+        checked >= 20,
+        "only {checked} fixtures had libtorch vectors"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

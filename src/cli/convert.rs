@@ -32,9 +32,14 @@ pub struct ConvertArgs {
     /// Genuine-Keras io.npz: its first item becomes the embedded test vector.
     #[arg(long)]
     reference: Option<PathBuf>,
-    /// Threads for tract's test-vector run (default: every available core).
+    /// Threads for the test-vector run (default: every available core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Who computes the embedded test vector without --reference: auto (libtorch on the
+    /// graph where the file computes exactly the graph, else tract on the file) or tract
+    /// (always the written file itself).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tract"])]
+    vector_backend: String,
     /// Weight storage in .onnx / .nnef.tgz: f32, or f16 (half the file, computed in f32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     weights: String,
@@ -77,7 +82,7 @@ fn write_keras_cmd(a: &ConvertArgs, h5: bool) -> ExitCode {
 
 pub fn main(a: ConvertArgs) -> ExitCode {
     use allconv::onnx::{ExportOptions, InGraphPreprocess, Tta};
-    use allconv::verify::{convert, ConvertOptions, OutputFormat};
+    use allconv::verify::{convert, ConvertOptions, OutputFormat, VectorBackend};
     let json = a.json;
     match a.output.extension().and_then(|e| e.to_str()) {
         Some("onnx" | "tgz" | "tar") => {}
@@ -124,6 +129,11 @@ pub fn main(a: ConvertArgs) -> ExitCode {
         reference: a.reference.clone(),
         threads: a.threads.unwrap_or_else(allconv::runtime::default_threads),
         weights_f16: a.weights == "f16",
+        vector_backend: if a.vector_backend == "tract" {
+            VectorBackend::Tract
+        } else {
+            VectorBackend::Auto
+        },
     };
     match convert(&a.model.model, &a.output, &opts) {
         Ok(r) => {

@@ -237,6 +237,47 @@ impl Graph {
             .sum()
     }
 
+    /// The most activation memory (f32, batch 1) live at once when the nodes run in order,
+    /// from the shapes [`Graph::infer_shapes`] filled: a value lives from its producer to
+    /// its last consumer (graph outputs to the end), inputs included. Returns the bytes and
+    /// the node at the peak; a symbolic dimension counts as 0. The same estimate as
+    /// tract's plan (`runtime::tract::peak_activation_bytes`), for runtimes without one.
+    pub fn peak_activation_bytes(&self) -> (u64, String) {
+        let bytes = |v: ValueId| {
+            self.values[v]
+                .shape
+                .iter()
+                .map(|d| d.known().map_or(0, |n| n as u128))
+                .fold(4u128, u128::saturating_mul)
+        };
+        let mut last_use = vec![None; self.values.len()];
+        for (step, n) in self.nodes.iter().enumerate() {
+            for &v in &n.inputs {
+                last_use[v] = Some(step);
+            }
+        }
+        for &o in &self.outputs {
+            last_use[o] = Some(usize::MAX);
+        }
+        let mut freed_after = vec![0u128; self.nodes.len()];
+        let mut live: u128 = self.inputs.iter().map(|i| bytes(i.value)).sum();
+        let mut peak = (live, String::from("input"));
+        for (step, n) in self.nodes.iter().enumerate() {
+            live = live.saturating_add(bytes(n.output));
+            if live > peak.0 {
+                peak = (live, n.name.clone());
+            }
+            for v in n.inputs.iter().copied().chain([n.output]) {
+                if last_use[v].map_or(v == n.output, |l| l == step) {
+                    freed_after[step] = freed_after[step].saturating_add(bytes(v));
+                    last_use[v] = None; // counted once, even if used twice by this node
+                }
+            }
+            live -= freed_after[step].min(live);
+        }
+        (peak.0.min(u64::MAX as u128) as u64, peak.1)
+    }
+
     /// Total parameters, equal to Keras's `count_params()`.
     pub fn total_params(&self) -> usize {
         self.params.values().map(Tensor::len).sum()
@@ -245,6 +286,19 @@ impl Graph {
     /// Set the spatial size of every 4-D input (rank-3 inputs: the length), then infer
     /// every value's shape. `None` keeps the declared sizes (symbols where unknown).
     pub fn infer_shapes(&mut self, spatial: Option<&[usize]>) -> Result<()> {
+        let params = std::mem::take(&mut self.params);
+        let r = self.infer_shapes_with(spatial, |key| params.get(key).map(|t| t.shape.clone()));
+        self.params = params;
+        r
+    }
+
+    /// [`Graph::infer_shapes`] with the weights' shapes from `param_shape` (keyed by
+    /// [`Node::param_key`]), for a graph whose weights live elsewhere ([`Graph::structure`]).
+    pub fn infer_shapes_with(
+        &mut self,
+        spatial: Option<&[usize]>,
+        param_shape: impl Fn(&str) -> Option<Vec<usize>>,
+    ) -> Result<()> {
         for i in 0..self.inputs.len() {
             let input = &self.inputs[i];
             let mut shape = input.shape.clone();
@@ -272,12 +326,8 @@ impl Graph {
         for i in 0..self.nodes.len() {
             let node = &self.nodes[i];
             let ins: Vec<&Shape> = node.inputs.iter().map(|&v| &self.values[v].shape).collect();
-            let shape = infer_op(&node.op, &ins, |slot| {
-                self.params
-                    .get(&node.param_key(slot))
-                    .map(|t| t.shape.clone())
-            })
-            .map_err(|e| Error::graph(format!("node {} ({}): {e}", node.name, node.class)))?;
+            let shape = infer_op(&node.op, &ins, |slot| param_shape(&node.param_key(slot)))
+                .map_err(|e| Error::graph(format!("node {} ({}): {e}", node.name, node.class)))?;
             let out = node.output;
             self.values[out].shape = shape;
         }
@@ -728,6 +778,30 @@ mod tests {
             use_bias: true,
             activation: Activation::Linear,
         })
+    }
+
+    /// Activation bytes live at once: a value lives from its node to its last consumer,
+    /// graph outputs to the end. in(1000) -> a -> b, c = a + b: the peak is at `c`, with
+    /// `a`, `b` and `c` live (`in` freed after `a`): 3 x 4000 bytes.
+    #[test]
+    fn peak_activation_bytes_follows_lifetimes() {
+        let mut g = Graph::default();
+        let x = g.add_input("in", known(&[1000]), DataFormat::ChannelsLast);
+        let relu = || Op::Activation(Activation::RELU);
+        let node = |g: &mut Graph, name: &str, op: Op, ins: Vec<ValueId>| {
+            g.add_node(name.into(), name.into(), "Test".into(), op, ins)
+        };
+        let a = node(&mut g, "a", relu(), vec![x]);
+        let b = node(&mut g, "b", relu(), vec![a]);
+        let c = node(&mut g, "c", Op::Merge(MergeKind::Add), vec![a, b]);
+        let d = node(&mut g, "d", relu(), vec![c]);
+        g.outputs = vec![d];
+        g.infer_shapes(None).unwrap();
+        assert_eq!(g.peak_activation_bytes(), (12000, "c".to_string()));
+        // A symbolic size counts as nothing (unknown until a size is given).
+        g.inputs[0].shape = vec![Dim::sym("n")];
+        g.infer_shapes(None).unwrap();
+        assert_eq!(g.peak_activation_bytes().0, 0);
     }
 
     /// Every size-carrying op with a size from a hostile config: an error naming the

@@ -104,19 +104,7 @@ impl TractModel {
         threads: usize,
     ) -> Result<TractModel> {
         let (activation_bytes, at) = peak_activation_bytes(&typed)?;
-        let limit = crate::limits::current().activation_bytes;
-        if activation_bytes > limit {
-            return Err(Error::Other(format!(
-                "at input shape {} the model holds about {} of activations at once (at node {at:?}), above the {} limit; choose a smaller input size, or raise it with --limit activation-bytes=SIZE",
-                input_shapes
-                    .iter()
-                    .map(|s| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                crate::limits::bytes_text(activation_bytes),
-                crate::limits::bytes_text(limit)
-            )));
-        }
+        crate::limits::check_activations(activation_bytes, &at, input_shapes)?;
         let plan = typed.into_runnable().map_err(terr("building the plan"))?;
         let executor = (threads > 1).then(|| multithread::Executor::multithread(threads));
         Ok(TractModel {

@@ -336,6 +336,23 @@ impl TorchModel {
         TorchModel::new(&graph, device)
     }
 
+    /// Refuse `input_shape` (Keras layout, batch 1) if its activations would exceed the
+    /// `activation-bytes` limit ([`Graph::peak_activation_bytes`] on the graph as it runs
+    /// here), before anything is allocated.
+    pub fn check_activations(&self, input_shape: &[usize]) -> Result<()> {
+        let mut g = self.graph.clone();
+        let spatial = g.inputs.first().and_then(|i| match i.data_format {
+            _ if input_shape.len() < 3 => None,
+            DataFormat::ChannelsLast => Some(input_shape[1..input_shape.len() - 1].to_vec()),
+            DataFormat::ChannelsFirst => Some(input_shape[2..].to_vec()),
+        });
+        g.infer_shapes_with(spatial.as_deref(), |key| {
+            self.param_shapes.get(key).cloned()
+        })?;
+        let (bytes, at) = g.peak_activation_bytes();
+        crate::limits::check_activations(bytes, &at, &[input_shape.to_vec()])
+    }
+
     /// Override the `same`-padding rule (e.g. run a Theano-saved model with TensorFlow's
     /// padding, as tf-keras would).
     pub fn with_same_rule(mut self, rule: SameRule) -> TorchModel {
