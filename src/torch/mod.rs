@@ -45,6 +45,7 @@ use crate::error::{Error, Result};
 pub use crate::ir::SameRule;
 use crate::ir::{DataFormat, Graph, Node, Producer, Source};
 use crate::layout;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -288,6 +289,25 @@ pub fn from_host(shape: &[usize], data: &[f32], device: Device) -> Result<Tensor
 impl TorchModel {
     /// Load the graph's weights into a frozen VarStore on `device`.
     pub fn new(graph: &Graph, device: Device) -> Result<TorchModel> {
+        Self::build(graph, device, |key| {
+            graph.params.get(key).map(Cow::Borrowed)
+        })
+    }
+
+    /// [`TorchModel::new`] consuming the graph: each weight is dropped once it is a
+    /// tensor, so the next one reuses its memory instead of faulting in fresh pages
+    /// (full-width model: 136 MB of weights, ~34k page faults fewer on the load).
+    pub fn from_graph(mut graph: Graph, device: Device) -> Result<TorchModel> {
+        let mut params = std::mem::take(&mut graph.params);
+        Self::build(&graph, device, |key| params.remove(key).map(Cow::Owned))
+    }
+
+    /// The VarStore from `graph`'s weights, each taken through `param` once.
+    fn build<'g>(
+        graph: &Graph,
+        device: Device,
+        mut param: impl FnMut(&str) -> Option<Cow<'g, crate::ir::Tensor>>,
+    ) -> Result<TorchModel> {
         let mut vs = nn::VarStore::new(device);
         let mut seen: HashMap<String, ()> = HashMap::new();
         let mut param_shapes = HashMap::new();
@@ -298,10 +318,10 @@ impl TorchModel {
                     continue; // shared layer: one set of weights
                 }
                 let key = n.param_key(slot);
-                let p = graph.params.get(&key).ok_or_else(|| {
+                let p = param(&key).ok_or_else(|| {
                     Error::graph(format!("node {}: missing parameter {key}", n.name))
                 })?;
-                let torch_layout = ops::to_torch_layout(&n.op, slot, p)?;
+                let torch_layout = ops::to_torch_layout(&n.op, slot, &p)?;
                 // A fresh tensor of its own, so it becomes the variable as it is (not
                 // `var_copy`'s zero-filled variable and a second copy).
                 let t = from_host(&torch_layout.shape, &torch_layout.data, device)?;
@@ -311,6 +331,7 @@ impl TorchModel {
                 }
                 let _var = path.add(&escape_component(slot), t, true);
                 param_shapes.insert(key, p.shape.clone());
+                drop((torch_layout, p));
                 seen.insert(name, ());
             }
         }
@@ -333,7 +354,7 @@ impl TorchModel {
     /// Takes the graph by value: folding rewrites its kernels where they lie.
     pub fn for_inference(mut graph: Graph, device: Device) -> Result<TorchModel> {
         crate::passes::fold_batch_norm_in_place(&mut graph)?;
-        TorchModel::new(&graph, device)
+        TorchModel::from_graph(graph, device)
     }
 
     /// Refuse `input_shape` (Keras layout, batch 1) if its activations would exceed the
