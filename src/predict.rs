@@ -583,20 +583,32 @@ mod imp {
     /// keeps one core: reading the `.h5` and building the weights). Preprocessing waits for
     /// the model (its input size), decoding does not. Full-width model on libtorch: the
     /// first run starts 27 ms after the load instead of 88 (two 4096x3328 PNGs).
+    ///
+    /// The thread decodes one image after another, and stops at the first one the reader
+    /// has claimed: on a many-core machine, the images it has not reached when the model is
+    /// loaded are decoded by the reader, in parallel, not queued behind it.
     struct EarlyDecode {
-        /// Image `i`'s result arrives on `images[i]`.
+        /// Image `i`'s result arrives on `images[i]` once the thread has claimed it.
         images: Vec<Option<std::sync::mpsc::Receiver<Res<GrayImage>>>>,
+        /// Per image: [`UNCLAIMED`], [`EARLY`] (the thread decodes it) or [`READER`].
+        claims: std::sync::Arc<Vec<std::sync::atomic::AtomicU8>>,
     }
 
+    const UNCLAIMED: u8 = 0;
+    const EARLY: u8 = 1;
+    const READER: u8 = 2;
+
     impl EarlyDecode {
-        /// Decode as many images as the first batch of the reader takes (one per thread),
-        /// one after another, so that the load keeps its core.
+        /// Decode at most as many images as the reader's first batch takes (one per thread).
         fn start(args: &PredictArgs) -> EarlyDecode {
+            use std::sync::atomic::{AtomicU8, Ordering};
             let threads = args
                 .threads
                 .unwrap_or_else(allconv::runtime::default_threads)
                 .max(1);
             let paths: Vec<PathBuf> = args.images.iter().take(threads).cloned().collect();
+            let claims: std::sync::Arc<Vec<AtomicU8>> =
+                std::sync::Arc::new(paths.iter().map(|_| AtomicU8::new(UNCLAIMED)).collect());
             let (senders, images): (Vec<_>, Vec<_>) = paths
                 .iter()
                 .map(|_| {
@@ -604,9 +616,19 @@ mod imp {
                     (tx, Some(rx))
                 })
                 .unzip();
+            let theirs = std::sync::Arc::clone(&claims);
             // Detached: if the model fails to load, the process ends without waiting.
             std::thread::spawn(move || {
-                for (path, tx) in paths.iter().zip(senders) {
+                for (i, (path, tx)) in paths.iter().zip(senders).enumerate() {
+                    let claimed = theirs[i].compare_exchange(
+                        UNCLAIMED,
+                        EARLY,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    if claimed.is_err() {
+                        return; // the reader has taken over from here
+                    }
                     if tx
                         .send(read_image(path).map_err(|e| e.to_string()))
                         .is_err()
@@ -615,12 +637,22 @@ mod imp {
                     }
                 }
             });
-            EarlyDecode { images }
+            EarlyDecode { images, claims }
         }
 
-        /// Image `i`, if it was decoded early (waits for it).
+        /// Image `i`, if the thread decodes it (waits for it); `None`: the reader decodes it.
         fn take(&mut self, i: usize) -> Option<Res<GrayImage>> {
+            use std::sync::atomic::Ordering;
             let rx = self.images.get_mut(i)?.take()?;
+            let mine = self.claims[i].compare_exchange(
+                UNCLAIMED,
+                READER,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            if mine.is_ok() {
+                return None;
+            }
             Some(
                 rx.recv()
                     .unwrap_or_else(|_| Err("internal: the early decoder stopped".into())),

@@ -193,7 +193,7 @@ pub struct ConvertOptions {
 pub enum VectorBackend {
     /// libtorch on allconv's graph where the build has it and the file computes exactly
     /// that graph (f32 weights, NHWC input, no in-graph preprocessing or TTA); tract on the
-    /// file otherwise. The full-width model's vector: 0.53 s on libtorch against 1.16 s
+    /// file otherwise. The full-width model's vector: 0.51-0.58 s on libtorch against 1.16 s
     /// in tract (load + run at 2 threads).
     #[default]
     Auto,
