@@ -68,8 +68,9 @@ $bin rehead fixtures/k208_yaroslav_patch/model.h5 -o $out/yaroslav_whole.h5 \
     --input-size 1024x768 --top heatmap:avg=7,stride=1,pool=5,fc=16-8,shortcut --seed 1
 $bin inspect $out/yaroslav_whole.h5 | tail -14
 $bin convert $out/yaroslav_whole.h5 -o $out/yaroslav_whole.onnx --input-size 1024x768
-# Its embedded vector is tract's own run at conversion (fresh weights: no Keras reference
-# exists), so this checks the file, not Keras parity; tests/rehead.rs proves that.
+# Its embedded vector is libtorch's run of allconv's graph at conversion (fresh weights: no
+# Keras reference exists), so verify checks the file in tract against another runtime, not
+# Keras parity; tests/rehead.rs proves that.
 $bin verify $out/yaroslav_whole.onnx
 $bin predict $out/yaroslav_whole.onnx fixtures/images/mdb028.pgm \
     --preprocess size=1024x768,rescale=0.0078125,mean=0.5,channels=1
