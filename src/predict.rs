@@ -185,6 +185,9 @@ mod imp {
     struct Job {
         threads: usize,
         plans: HashMap<(usize, usize), TractModel>,
+        /// Input sizes whose activations libtorch has checked against the limit.
+        #[cfg(feature = "torch")]
+        torch_checked: std::collections::HashSet<(usize, usize)>,
     }
 
     /// Activation memory the running jobs may hold between them (the `activation-bytes`
@@ -530,7 +533,10 @@ mod imp {
             let t = t.lock().unwrap_or_else(|e| e.into_inner());
             let c = shape[2];
             let dims = if m.nchw { [1, c, h, w] } else { [1, h, w, c] };
-            t.check_activations(&dims).map_err(|e| e.to_string())?;
+            if !job.torch_checked.contains(&(h, w)) {
+                t.check_activations(&dims).map_err(|e| e.to_string())?;
+                job.torch_checked.insert((h, w));
+            }
             let input = from_host(&dims, &data, t.device()).map_err(|e| e.to_string())?;
             let outs = t
                 .forward_outputs(&[input], false)
@@ -1027,6 +1033,8 @@ mod imp {
                     let mut job = Job {
                         threads: (model.threads / jobs).max(1),
                         plans: HashMap::new(),
+                        #[cfg(feature = "torch")]
+                        torch_checked: Default::default(),
                     };
                     loop {
                         let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();

@@ -283,6 +283,18 @@ impl Graph {
         self.params.values().map(Tensor::len).sum()
     }
 
+    /// The spatial size of a Keras-layout batch `shape` fed to the first input.
+    pub fn input_spatial(&self, shape: &[usize]) -> Option<Vec<usize>> {
+        let inp = self.inputs.first()?;
+        if shape.len() < 3 {
+            return None;
+        }
+        Some(match inp.data_format {
+            DataFormat::ChannelsLast => shape[1..shape.len() - 1].to_vec(),
+            DataFormat::ChannelsFirst => shape[2..].to_vec(),
+        })
+    }
+
     /// Set the spatial size of every 4-D input (rank-3 inputs: the length), then infer
     /// every value's shape. `None` keeps the declared sizes (symbols where unknown).
     pub fn infer_shapes(&mut self, spatial: Option<&[usize]>) -> Result<()> {

@@ -362,11 +362,7 @@ impl TorchModel {
     /// here), before anything is allocated.
     pub fn check_activations(&self, input_shape: &[usize]) -> Result<()> {
         let mut g = self.graph.clone();
-        let spatial = g.inputs.first().and_then(|i| match i.data_format {
-            _ if input_shape.len() < 3 => None,
-            DataFormat::ChannelsLast => Some(input_shape[1..input_shape.len() - 1].to_vec()),
-            DataFormat::ChannelsFirst => Some(input_shape[2..].to_vec()),
-        });
+        let spatial = g.input_spatial(input_shape);
         g.infer_shapes_with(spatial.as_deref(), |key| {
             self.param_shapes.get(key).cloned()
         })?;

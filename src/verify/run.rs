@@ -7,7 +7,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::files::atomic_write;
-use crate::ir::{DataFormat, Graph, Producer};
+use crate::ir::{Graph, Producer};
 use crate::keras::{read_model, ReadOptions};
 use crate::onnx::meta::{self, Array};
 use crate::onnx::{export, sha256_file, write_atomic, ExportOptions};
@@ -16,18 +16,6 @@ use crate::runtime::TractModel;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// Spatial size of a Keras-layout batch `shape` for the graph's first input.
-fn spatial_of(g: &Graph, shape: &[usize]) -> Option<Vec<usize>> {
-    let inp = g.inputs.first()?;
-    if shape.len() < 3 {
-        return None;
-    }
-    Some(match inp.data_format {
-        DataFormat::ChannelsLast => shape[1..shape.len() - 1].to_vec(),
-        DataFormat::ChannelsFirst => shape[2..].to_vec(),
-    })
-}
 
 /// Read a `.h5` (optionally folding BN), export with per-node outputs when
 /// `per_layer`, run it with tract on the reference input and compare.
@@ -63,7 +51,7 @@ pub fn verify_graph_refs(
     };
     let eo = ExportOptions {
         opset: opts.opset,
-        input_size: spatial_of(&g, &input.shape),
+        input_size: g.input_spatial(&input.shape),
         debug_outputs: opts.per_layer,
         ..Default::default()
     };
