@@ -505,15 +505,14 @@ fn test_input_len(model: &Path, shape: &[usize]) -> Result<usize> {
         })
 }
 
-/// The declared input's test data (its size checked first).
-fn synthetic_input(model: &Path, shape: Vec<usize>, eo: &ExportOptions) -> Result<Array> {
-    let n = test_input_len(model, &shape)?;
+/// The declared input's test data, `n` values ([`test_input_len`]).
+fn synthetic_input(shape: Vec<usize>, n: usize, eo: &ExportOptions) -> Array {
     let data = if eo.preprocess.is_some() {
         synthetic(n, 0.0, 255.0)
     } else {
         synthetic(n, -1.0, 1.0)
     };
-    Ok(Array { shape, data })
+    Array { shape, data }
 }
 
 /// [`load_vector_run`] on libtorch: the graph (the one just exported) with BatchNorm
@@ -529,14 +528,14 @@ fn torch_vector_run(
     let Some(shape) = declared else {
         return Ok(None);
     };
-    test_input_len(model, &shape)?;
+    let n = test_input_len(model, &shape)?;
     let in_file = |e: Error| Error::Other(format!("{}: {e}", model.display()));
     tch::set_num_threads(i32::try_from(opts.threads.max(1)).unwrap_or(i32::MAX));
     let t = crate::torch::TorchModel::for_inference(g, tch::Device::Cpu).map_err(in_file)?;
     // Activations over the limit are refused before the input or any of them is allocated
     // (tract checks its plan the same way).
     t.check_activations(&shape).map_err(in_file)?;
-    let input = synthetic_input(model, shape, eo)?;
+    let input = synthetic_input(shape, n, eo);
     Ok(Some(VectorRun {
         engine: VectorEngine::Torch(Box::new(t)),
         input,
@@ -617,7 +616,8 @@ fn load_vector_run(
         return Ok(None);
     };
     // The dims are the model's declared input: checked before anything is allocated.
-    let input = synthetic_input(model, shape, eo)?;
+    let n = test_input_len(model, &shape)?;
+    let input = synthetic_input(shape, n, eo);
     let tract = TractModel::load(onnx, &input.shape, threads).map_err(in_file)?;
     Ok(Some(VectorRun {
         engine: VectorEngine::Tract(tract),
