@@ -119,7 +119,8 @@ pub fn bench_convert(
     let mut bytes = 0;
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
-        let graph = read_model(h5, read)?;
+        let mut graph = read_model(h5, read)?;
+        crate::passes::subsample_early(&mut graph)?;
         let onnx = export(&graph, export_opts)?.to_bytes()?;
         write_atomic(out, &onnx)?;
         times.push(t.elapsed().as_secs_f64());

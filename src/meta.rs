@@ -15,6 +15,8 @@ pub const PREPROCESS: &str = "allconv.preprocess";
 pub const TTA: &str = "allconv.tta";
 pub const NODE_NAMES: &str = "allconv.node_names";
 pub const FOLDED: &str = "allconv.folded_layers";
+/// JSON: the `SubsampleReport` of the strided 1x1 convolutions moved up (`passes::subsample_early`).
+pub const SUBSAMPLED: &str = "allconv.subsampled";
 pub const TEST_INPUT: &str = "allconv.test_input";
 pub const TEST_OUTPUT: &str = "allconv.test_output";
 pub const TEST_SOURCE: &str = "allconv.test_vector_source";

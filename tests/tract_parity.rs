@@ -97,3 +97,70 @@ fn tract_matches_keras() {
 fn tract_matches_keras_with_folded_bn() {
     run_all(true);
 }
+
+/// The inference rewrite `convert` and `predict` apply (`passes::subsample_early`: a
+/// strided 1x1 convolution's sampling moved to where its input is made) keeps every
+/// fixture's output within the same bound of the float64 run of the original graph, on
+/// tract (the exported file) and on libtorch (`TorchModel::for_inference`, as `predict`
+/// loads a `.h5`). The rewrite must fire on the ResNet fixtures, or this proves nothing.
+#[test]
+fn subsampling_moved_up_matches_keras() {
+    use allconv::torch::{from_host, to_host, TorchModel};
+    use allconv::verify::compare;
+    let mut failures = Vec::new();
+    let mut rewritten = Vec::new();
+    for dir in common::model_fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let (model, opts) = common::read_options(&dir);
+        let g = read_model(&model, &opts).expect("reads");
+        let mut moved = g.clone();
+        let report = allconv::passes::subsample_early(&mut moved).expect("rewrite");
+        if report.is_empty() {
+            continue;
+        }
+        rewritten.push(name.clone());
+        let npz = dir.join("io.npz");
+        let keras = read_npz(&npz).expect("io.npz");
+        let exact = float64_reference(&g, &keras, &npz).expect("float64 run");
+        let bound = common::runtime_bound(common::keras_float32_error(&keras, &exact).0);
+        let vo = VerifyOptions {
+            per_layer: false,
+            threads: 2,
+            atol: bound,
+            ..Default::default()
+        };
+        let label = std::path::Path::new("float64 graph");
+        match verify_graph_refs(&g, &name, &exact, label, &vo) {
+            Ok(r) if r.passed => {}
+            Ok(r) => failures.push(format!("{name} (tract): {}", r.to_text())),
+            Err(e) => failures.push(format!("{name} (tract): {e}")),
+        }
+        if g.inputs.len() == 1 {
+            let (input, want) = (&keras["input"], &exact["output"]);
+            let t = TorchModel::for_inference(g.clone(), tch::Device::Cpu).expect("loads");
+            let x = from_host(&input.shape, &input.data, tch::Device::Cpu).expect("input");
+            let y = to_host(&t.forward_t(&x, false).expect("runs")).expect("host");
+            let c = compare(
+                "output",
+                &y.data,
+                &y.shape,
+                &want.data,
+                &want.shape,
+                bound,
+                0.0,
+            );
+            if !c.passed {
+                failures.push(format!(
+                    "{name} (libtorch): {:.3e} > {bound:.3e}",
+                    c.max_abs_err
+                ));
+            }
+        }
+        println!(
+            "{name}: {} convolutions take the stride",
+            report.strided.len()
+        );
+    }
+    assert!(rewritten.len() >= 8, "rewritten: {rewritten:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

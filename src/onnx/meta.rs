@@ -4,8 +4,8 @@
 use crate::error::{Error, Result};
 pub use crate::meta::{
     decode_array, encode_array, Array, Metadata, BACKEND, DIALECT, F16_REFERENCE_ERR, FOLDED,
-    INPUT_LAYOUT, KERAS_VERSION, NODE_NAMES, PREPROCESS, SOURCE_SHA256, TEST_INPUT, TEST_OUTPUT,
-    TEST_SOURCE, TTA, WEIGHTS,
+    INPUT_LAYOUT, KERAS_VERSION, NODE_NAMES, PREPROCESS, SOURCE_SHA256, SUBSAMPLED, TEST_INPUT,
+    TEST_OUTPUT, TEST_SOURCE, TTA, WEIGHTS,
 };
 use onnx_protobuf::{Message, ModelProto};
 

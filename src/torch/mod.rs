@@ -348,11 +348,13 @@ impl TorchModel {
         })
     }
 
-    /// [`TorchModel::new`] for inference only: BatchNormalization folded into the
-    /// convolution before it (one pass over each activation fewer; the moving statistics
-    /// are gone, so this model does not train).
+    /// [`TorchModel::new`] for inference only: strided 1x1 convolutions' sampling moved to
+    /// where their input is made ([`crate::passes::subsample_early`]), BatchNormalization
+    /// folded into the convolution before it (one pass over each activation fewer; the
+    /// moving statistics are gone, so this model does not train).
     /// Takes the graph by value: folding rewrites its kernels where they lie.
     pub fn for_inference(mut graph: Graph, device: Device) -> Result<TorchModel> {
+        crate::passes::subsample_early(&mut graph)?;
         crate::passes::fold_batch_norm_in_place(&mut graph)?;
         TorchModel::from_graph(graph, device)
     }

@@ -11,7 +11,7 @@ use crate::ir::{Graph, Producer};
 use crate::keras::{read_model, ReadOptions};
 use crate::onnx::meta::{self, Array};
 use crate::onnx::{export, sha256_file, write_atomic, ExportOptions};
-use crate::passes::{fold_batch_norm, FoldReport};
+use crate::passes::{fold_batch_norm, subsample_early, FoldReport, SubsampleReport};
 use crate::runtime::TractModel;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -43,12 +43,16 @@ pub fn verify_graph_refs(
     let want = refs
         .get("output")
         .ok_or_else(|| Error::Other(format!("{}: no `output` array", reference.display())))?;
-    let (g, folded) = if opts.fold_bn {
+    let (mut g, folded) = if opts.fold_bn {
         let (g, r) = fold_batch_norm(g)?;
         (g, Some(r))
     } else {
         (g.clone(), None)
     };
+    // The graph `convert` writes; per-layer comparison needs every layer as Keras made it.
+    if !opts.per_layer {
+        subsample_early(&mut g)?;
+    }
     let eo = ExportOptions {
         opset: opts.opset,
         input_size: g.input_spatial(&input.shape),
@@ -235,6 +239,8 @@ pub struct ConvertReport {
     /// tract vs the reference output at conversion time, when a reference was used.
     pub reference_max_abs_err: Option<f32>,
     pub folded: Option<FoldReport>,
+    /// Strided 1x1 convolutions whose sampling moved to where their input is made.
+    pub subsampled: SubsampleReport,
 }
 
 /// The genuine-Keras vectors of `--reference` for the graph being exported.
@@ -705,12 +711,13 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             .unwrap_or_else(|_| Err(Error::Other("the hashing thread panicked".into())));
         Ok::<_, Error>((g?, sha?))
     })?;
-    let (g, folded) = if opts.fold_bn {
+    let (mut g, folded) = if opts.fold_bn {
         let (g, r) = fold_batch_norm(&g)?;
         (g, Some(r))
     } else {
         (g, None)
     };
+    let subsampled = subsample_early(&mut g)?;
     let mut eo = opts.export.clone();
     if eo.input_size.is_none() {
         eo.input_size = opts.read.input_size.clone();
@@ -733,6 +740,13 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             &mut proto,
             meta::FOLDED,
             serde_json::to_string(f).unwrap_or_default(),
+        );
+    }
+    if !subsampled.is_empty() {
+        meta::set_metadata(
+            &mut proto,
+            meta::SUBSAMPLED,
+            serde_json::to_string(&subsampled).unwrap_or_default(),
         );
     }
     let bytes = crate::onnx::model_bytes(&proto)?;
@@ -840,5 +854,6 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
         test_vector_source: tv.source,
         reference_max_abs_err: tv.reference_err,
         folded,
+        subsampled,
     })
 }
