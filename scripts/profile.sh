@@ -17,10 +17,11 @@ model=build/bench/k208_full_resnet50_whole_resnet_tf.h5
 [ -f "$model" ] || bash converters/make_all.sh --bench
 if [ -z "$bin" ]; then cargo build --release --quiet; bin=target/release/allconv; fi
 out=bench-out/profile${tag:+-$tag}; mkdir -p "$out"
-# One ONNX file for every binary profiled (the edge build cannot convert).
+# One ONNX file for every binary profiled (the edge build cannot convert), made again when
+# this checkout's build is newer than it (a change to the exporter changes the file).
 onnx=bench-out/profile/model.onnx; mkdir -p bench-out/profile
-if [ ! -f "$onnx" ]; then
-  cargo build --release --quiet
+cargo build --release --quiet
+if [ ! -f "$onnx" ] || [ target/release/allconv -nt "$onnx" ]; then
   target/release/allconv convert "$model" -o "$onnx" --input-size 1152x896 >/dev/null
 fi
 py=.venv-tf/bin/python

@@ -5,10 +5,13 @@
 //! next stage's first: `relu(bn(conv1x1(x)) + shortcut)` read by two stride-2 1x1
 //! convolutions), the value is needed only at those positions. Per-position ops (a 1x1
 //! convolution, batch norm on the channel axis, an elementwise activation, merges)
-//! commute with that sampling, so the sampling moves up to the value's maker: the 1x1
-//! convolution there takes the stride (a quarter of its work at stride 2), the ops
-//! between run on a quarter of the positions, an input that other nodes also read is
-//! sampled by a 1x1 max pooling (a strided copy), and the readers run at stride 1.
+//! commute with that sampling, so the sampling moves up to the value's maker: the
+//! convolution there takes the stride (a quarter of its work at stride 2; a `same` window
+//! gets its padding written out in front), the ops between run on a quarter of the
+//! positions, an input that other nodes also read is sampled by a 1x1 max pooling (a
+//! strided copy), and the readers run at stride 1. It goes on up while every reader of a
+//! value is on the sampled path: through a whole block's 1x1 and 3x3 convolutions when
+//! they feed only the next strided ones.
 //!
 //! Every output is the same sums of the same products as before. A runtime may pick
 //! other kernels for the new shapes, so the results agree to float32 rounding (the
@@ -34,6 +37,8 @@ pub struct SubsampleReport {
     pub unstrided: Vec<String>,
     /// 1x1 max poolings inserted to sample a value that other nodes also read.
     pub samplers: Vec<String>,
+    /// Zero paddings written out in front of a `same` window that took the stride.
+    pub padded: Vec<String>,
     /// Keras layer paths whose output now holds only the sampled positions.
     pub subsampled_layers: Vec<String>,
 }
@@ -61,8 +66,11 @@ struct Plan {
     readers: Vec<usize>,
     strides: Vec<usize>,
     data_format: DataFormat,
-    /// Stride-1 1x1 convolutions that take the stride.
+    /// Stride-1 convolutions that take the stride.
     strided: Vec<usize>,
+    /// Of those, `same`-padded windows wider than 1: their padding written out in front
+    /// (a zero padding node), the convolution made `valid`.
+    padded: Vec<(usize, Vec<(usize, usize)>)>,
     /// Values that now hold only the sampled positions.
     sampled_values: Vec<ValueId>,
     /// (node, input slot): inputs read through an inserted 1x1 max pooling.
@@ -135,6 +143,7 @@ fn find_plan(g: &Graph) -> Option<Plan> {
             strides: strides.to_vec(),
             data_format: fmt,
             strided: Vec::new(),
+            padded: Vec::new(),
             sampled_values: Vec::new(),
             samplers: Vec::new(),
         };
@@ -154,12 +163,29 @@ fn sink(g: &Graph, readers: &Readers, v: ValueId, plan: &mut Plan) -> bool {
     };
     let node = &g.nodes[p];
     match &node.op {
-        Op::Conv(_) => {
-            let Some((strides, fmt)) = one_by_one(&node.op) else {
+        Op::Conv(c) => {
+            let window_ok = c.data_format == plan.data_format
+                && c.kernel.len() == 2
+                && c.strides.iter().all(|&s| s == 1)
+                && c.dilation.iter().all(|&d| d == 1)
+                && !matches!(c.activation, Activation::Softmax { .. });
+            if !window_ok {
                 return false;
-            };
-            if fmt != plan.data_format || strides.iter().any(|&s| s != 1) {
-                return false;
+            }
+            match c.padding {
+                Padding::Valid => {}
+                // An odd window's `same` padding at stride 1 is (k-1)/2 on both sides, in
+                // TensorFlow's rule and Theano's: written out, a valid convolution at stride
+                // s over it reads the windows centred on 0, s, 2s... and makes ceil(n/s) of
+                // them, whatever n is. (`same` at stride s would not: TensorFlow then pads
+                // by the size's remainder.)
+                Padding::Same if c.kernel.iter().all(|&k| k % 2 == 1) => {
+                    if c.kernel.iter().any(|&k| k > 1) {
+                        let edges = c.kernel.iter().map(|&k| ((k - 1) / 2, (k - 1) / 2));
+                        plan.padded.push((p, edges.collect()));
+                    }
+                }
+                _ => return false,
             }
             plan.strided.push(p);
         }
@@ -212,11 +238,36 @@ fn apply(g: &mut Graph, plan: Plan, report: &mut SubsampleReport) {
             report.subsampled_layers.push(l.path.clone());
         }
     }
-    if plan.samplers.is_empty() {
+    if plan.samplers.is_empty() && plan.padded.is_empty() {
         return;
     }
-    // Each sampler goes just before the node that reads it: still topological order.
+    // Each new node goes just before the node that reads it: still topological order.
     let mut before: Vec<Vec<Node>> = vec![Vec::new(); g.nodes.len()];
+    for (p, edges) in plan.padded {
+        let name = format!("{}/same_padding", g.nodes[p].name);
+        let padded = g.values.len();
+        g.values.push(Value {
+            name: name.clone(),
+            producer: Producer::Node(0), // renumbered below
+            shape: vec![],
+        });
+        before[p].push(Node {
+            name: name.clone(),
+            layer: name.clone(),
+            class: "ZeroPadding2D".into(),
+            op: Op::ZeroPadding(SpatialEdges {
+                edges,
+                data_format: plan.data_format,
+            }),
+            inputs: vec![g.nodes[p].inputs[0]],
+            output: padded,
+        });
+        g.nodes[p].inputs[0] = padded;
+        if let Op::Conv(c) = &mut g.nodes[p].op {
+            c.padding = Padding::Valid;
+        }
+        report.padded.push(name);
+    }
     for &(p, slot) in &plan.samplers {
         let u = g.nodes[p].inputs[slot];
         let name = format!("{}/subsample_input_{slot}", g.nodes[p].name);
@@ -339,6 +390,64 @@ mod tests {
         );
         // Nothing left to move: the 3x3 convolution cannot take the stride.
         assert!(subsample_early(&mut g).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_same_window_takes_the_stride_with_its_padding_written_out() {
+        // x -> c3 (3x3 same) -> relu -> c1 (1x1) -> s (1x1, stride 2): c1 takes the
+        // stride, then c3 on the next round, padded, valid; x is read at full size.
+        let mut g = Graph::default();
+        let x = g.add_input(
+            "x",
+            vec![Dim::Known(10), Dim::Known(7), Dim::Known(4)],
+            DataFormat::ChannelsLast,
+        );
+        let a = g.add_node(
+            "c3".into(),
+            "c3".into(),
+            "Conv2D".into(),
+            conv(4, 1, 3),
+            vec![x],
+        );
+        let r = g.add_node(
+            "r".into(),
+            "r".into(),
+            "Activation".into(),
+            Op::Activation(Activation::RELU),
+            vec![a],
+        );
+        let b = g.add_node(
+            "c1".into(),
+            "c1".into(),
+            "Conv2D".into(),
+            conv(4, 1, 1),
+            vec![r],
+        );
+        let o = g.add_node(
+            "s".into(),
+            "s".into(),
+            "Conv2D".into(),
+            conv(8, 2, 1),
+            vec![b],
+        );
+        g.outputs = vec![o];
+        let rep = subsample_early(&mut g).unwrap();
+        assert_eq!(rep.strided, ["c1", "c3"]);
+        assert_eq!(rep.padded, ["c3/same_padding"]);
+        assert!(rep.samplers.is_empty());
+        assert_eq!(strides(&g, "c3"), [2, 2]);
+        assert_eq!(strides(&g, "c1"), [1, 1]);
+        assert_eq!(strides(&g, "s"), [1, 1]);
+        match &g.node_by_name("c3").unwrap().op {
+            Op::Conv(c) => assert_eq!(c.padding, Padding::Valid),
+            op => panic!("{op:?}"),
+        }
+        g.infer_shapes(None).unwrap();
+        // ceil(10/2) x ceil(7/2), as the stride-2 reader made.
+        assert_eq!(
+            g.values[g.outputs[0]].shape,
+            [Dim::Known(5), Dim::Known(4), Dim::Known(8)]
+        );
     }
 
     #[test]
