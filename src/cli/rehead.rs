@@ -46,12 +46,14 @@ fn write(g: &allconv::ir::Graph, patch: &Path, out: &Path, size: &[usize]) -> al
         Some("h5") => allconv::keras::writer::write_h5_from_graph(g, out),
         Some("safetensors") => allconv::safetensors::write_safetensors(g, out),
         Some("onnx") => {
-            use allconv::onnx::{export, meta, sha256_file, write_atomic, ExportOptions};
+            use allconv::onnx::{
+                export_for_inference, meta, sha256_file, write_atomic, ExportOptions,
+            };
             let eo = ExportOptions {
                 input_size: Some(size.to_vec()),
                 ..Default::default()
             };
-            let mut ex = export(g, &eo)?;
+            let mut ex = export_for_inference(g.clone(), &eo)?;
             meta::set_metadata(&mut ex.model, meta::SOURCE_SHA256, sha256_file(patch)?);
             write_atomic(out, &ex.to_bytes()?)
         }

@@ -150,6 +150,28 @@ fn output_dims(shape: &Shape) -> Vec<OnnxDim> {
     v
 }
 
+/// The file a user gets (`convert`, `rehead -o .onnx`, `finetune`): the graph with
+/// [`crate::passes::subsample_early`] applied (the same outputs, less work), exported, and
+/// what the rewrite did recorded under `allconv.subsampled`.
+pub fn export_for_inference(mut graph: Graph, opts: &ExportOptions) -> Result<Exported> {
+    let report = crate::passes::subsample_early(&mut graph)?;
+    let mut ex = export(&graph, opts)?;
+    record_subsampled(&mut ex.model, &report);
+    Ok(ex)
+}
+
+/// Record a [`crate::passes::SubsampleReport`] in the file's metadata (nothing when the
+/// rewrite did not fire): its layers' outputs hold only the sampled positions.
+pub fn record_subsampled(model: &mut ModelProto, report: &crate::passes::SubsampleReport) {
+    if !report.is_empty() {
+        meta::set_metadata(
+            model,
+            meta::SUBSAMPLED,
+            serde_json::to_string(report).unwrap_or_default(),
+        );
+    }
+}
+
 /// Build the ONNX model of `graph`.
 pub fn export(graph: &Graph, opts: &ExportOptions) -> Result<Exported> {
     if opts.opset < 13 {

@@ -742,13 +742,7 @@ pub fn convert(model: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             serde_json::to_string(f).unwrap_or_default(),
         );
     }
-    if !subsampled.is_empty() {
-        meta::set_metadata(
-            &mut proto,
-            meta::SUBSAMPLED,
-            serde_json::to_string(&subsampled).unwrap_or_default(),
-        );
-    }
+    crate::onnx::record_subsampled(&mut proto, &subsampled);
     let bytes = crate::onnx::model_bytes(&proto)?;
     let declared = declared_input(&proto);
     let (onnx_nodes, initializers) = proto
