@@ -247,53 +247,26 @@ fn apply(g: &mut Graph, plan: Plan, report: &mut SubsampleReport) {
     let mut before: Vec<Vec<Node>> = vec![Vec::new(); g.nodes.len()];
     for (p, edges) in plan.padded {
         let name = format!("{}/same_padding", g.nodes[p].name);
-        let padded = g.values.len();
-        g.values.push(Value {
-            name: name.clone(),
-            producer: Producer::Node(0), // renumbered below
-            shape: vec![],
+        let op = Op::ZeroPadding(SpatialEdges {
+            edges,
+            data_format: plan.data_format,
         });
-        before[p].push(Node {
-            name: name.clone(),
-            layer: name.clone(),
-            class: "ZeroPadding2D".into(),
-            op: Op::ZeroPadding(SpatialEdges {
-                edges,
-                data_format: plan.data_format,
-            }),
-            inputs: vec![g.nodes[p].inputs[0]],
-            output: padded,
-        });
-        g.nodes[p].inputs[0] = padded;
+        insert_before(g, &mut before, (p, 0), &name, "ZeroPadding2D", op);
         if let Op::Conv(c) = &mut g.nodes[p].op {
             c.padding = Padding::Valid;
         }
         report.padded.push(name);
     }
     for &(p, slot) in &plan.samplers {
-        let u = g.nodes[p].inputs[slot];
         let name = format!("{}/subsample_input_{slot}", g.nodes[p].name);
-        let sampled = g.values.len();
-        g.values.push(Value {
-            name: name.clone(),
-            producer: Producer::Node(0), // renumbered below
-            shape: vec![],
+        let op = Op::Pool(PoolConfig {
+            kind: PoolKind::Max,
+            pool: vec![1; plan.strides.len()],
+            strides: plan.strides.clone(),
+            padding: Padding::Valid,
+            data_format: plan.data_format,
         });
-        before[p].push(Node {
-            name: name.clone(),
-            layer: name.clone(),
-            class: "MaxPooling2D".into(),
-            op: Op::Pool(PoolConfig {
-                kind: PoolKind::Max,
-                pool: vec![1; plan.strides.len()],
-                strides: plan.strides.clone(),
-                padding: Padding::Valid,
-                data_format: plan.data_format,
-            }),
-            inputs: vec![u],
-            output: sampled,
-        });
-        g.nodes[p].inputs[slot] = sampled;
+        insert_before(g, &mut before, (p, slot), &name, "MaxPooling2D", op);
         report.samplers.push(name);
     }
     let old = std::mem::take(&mut g.nodes);
@@ -304,6 +277,33 @@ fn apply(g: &mut Graph, plan: Plan, report: &mut SubsampleReport) {
     for (k, n) in g.nodes.iter().enumerate() {
         g.values[n.output].producer = Producer::Node(k);
     }
+}
+
+/// A new node `op` reading what input `slot` of node `p` read, which now reads it instead;
+/// queued in `before[p]` (spliced in by the caller, producers renumbered there).
+fn insert_before(
+    g: &mut Graph,
+    before: &mut [Vec<Node>],
+    (p, slot): (usize, usize),
+    name: &str,
+    class: &str,
+    op: Op,
+) {
+    let output = g.values.len();
+    g.values.push(Value {
+        name: name.into(),
+        producer: Producer::Node(0), // renumbered by the caller
+        shape: vec![],
+    });
+    before[p].push(Node {
+        name: name.into(),
+        layer: name.into(),
+        class: class.into(),
+        op,
+        inputs: vec![g.nodes[p].inputs[slot]],
+        output,
+    });
+    g.nodes[p].inputs[slot] = output;
 }
 
 #[cfg(test)]
@@ -323,26 +323,31 @@ mod tests {
         })
     }
 
+    /// An empty channels-last graph with one input of this shape (without batch).
+    fn graph_of(shape: &[usize]) -> (Graph, ValueId) {
+        let mut g = Graph::default();
+        let dims = shape.iter().map(|&d| Dim::Known(d)).collect();
+        let x = g.add_input("x", dims, DataFormat::ChannelsLast);
+        (g, x)
+    }
+
+    /// A node and its layer record (the layer's output is that node's value).
+    fn node(g: &mut Graph, name: &str, op: Op, inputs: Vec<ValueId>) -> ValueId {
+        let v = g.add_node(name.into(), name.into(), "Layer".into(), op, inputs);
+        g.layers.push(LayerRecord {
+            path: name.into(),
+            class: "Layer".into(),
+            depth: 0,
+            trainable: true,
+            output: Some(v),
+            weights: vec![],
+        });
+        v
+    }
+
     /// x -> c3 (3x3) -> a; [c1 (1x1) -> relu] + a -> add -> relu -> two stride-2 1x1 convs.
     fn resnet_stage_end() -> Graph {
-        let mut g = Graph::default();
-        let x = g.add_input(
-            "x",
-            vec![Dim::Known(9), Dim::Known(7), Dim::Known(4)],
-            DataFormat::ChannelsLast,
-        );
-        let mut node = |g: &mut Graph, name: &str, op: Op, inputs: Vec<ValueId>| {
-            let v = g.add_node(name.into(), name.into(), "Layer".into(), op, inputs);
-            g.layers.push(LayerRecord {
-                path: name.into(),
-                class: "Layer".into(),
-                depth: 0,
-                trainable: true,
-                output: Some(v),
-                weights: vec![],
-            });
-            v
-        };
+        let (mut g, x) = graph_of(&[9, 7, 4]);
         let a = node(&mut g, "c3", conv(4, 1, 3), vec![x]);
         let b = node(&mut g, "c1", conv(4, 1, 1), vec![a]);
         let r = node(&mut g, "r1", Op::Activation(Activation::RELU), vec![b]);
@@ -398,40 +403,11 @@ mod tests {
     fn a_same_window_takes_the_stride_with_its_padding_written_out() {
         // x -> c3 (3x3 same) -> relu -> c1 (1x1) -> s (1x1, stride 2): c1 takes the
         // stride, then c3 on the next round, padded, valid; x is read at full size.
-        let mut g = Graph::default();
-        let x = g.add_input(
-            "x",
-            vec![Dim::Known(10), Dim::Known(7), Dim::Known(4)],
-            DataFormat::ChannelsLast,
-        );
-        let a = g.add_node(
-            "c3".into(),
-            "c3".into(),
-            "Conv2D".into(),
-            conv(4, 1, 3),
-            vec![x],
-        );
-        let r = g.add_node(
-            "r".into(),
-            "r".into(),
-            "Activation".into(),
-            Op::Activation(Activation::RELU),
-            vec![a],
-        );
-        let b = g.add_node(
-            "c1".into(),
-            "c1".into(),
-            "Conv2D".into(),
-            conv(4, 1, 1),
-            vec![r],
-        );
-        let o = g.add_node(
-            "s".into(),
-            "s".into(),
-            "Conv2D".into(),
-            conv(8, 2, 1),
-            vec![b],
-        );
+        let (mut g, x) = graph_of(&[10, 7, 4]);
+        let a = node(&mut g, "c3", conv(4, 1, 3), vec![x]);
+        let r = node(&mut g, "r", Op::Activation(Activation::RELU), vec![a]);
+        let b = node(&mut g, "c1", conv(4, 1, 1), vec![r]);
+        let o = node(&mut g, "s", conv(8, 2, 1), vec![b]);
         g.outputs = vec![o];
         let rep = subsample_early(&mut g).unwrap();
         assert_eq!(rep.strided, ["c1", "c3"]);
