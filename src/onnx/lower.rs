@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 pub use crate::ir::SameRule;
 use crate::ir::*;
 use crate::layout;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// An IR value as it exists in the ONNX graph: its tensor name and its physical layout
 /// (`layout[i]` = the Keras axis, batch included, stored at physical axis `i`).
@@ -19,7 +19,10 @@ pub struct Val {
 }
 
 pub struct Lowering<'g> {
+    /// The graph's structure with its shapes inferred at the export's size.
     pub g: &'g Graph,
+    /// Its weights, kept where the caller holds them (not copied with the structure).
+    params: &'g BTreeMap<String, Tensor>,
     pub b: Builder,
     pub vals: Vec<Option<Val>>,
     pub same: SameRule,
@@ -44,9 +47,15 @@ fn fmt_cl(fmt: DataFormat) -> bool {
 }
 
 impl<'g> Lowering<'g> {
-    pub fn new(g: &'g Graph, same: SameRule, bilinear_mode: &'static str) -> Self {
+    pub fn new(
+        g: &'g Graph,
+        params: &'g BTreeMap<String, Tensor>,
+        same: SameRule,
+        bilinear_mode: &'static str,
+    ) -> Self {
         Lowering {
             g,
+            params,
             b: Builder::default(),
             vals: vec![None; g.values.len()],
             same,
@@ -114,7 +123,7 @@ impl<'g> Lowering<'g> {
     }
 
     fn param(&self, n: &Node, slot: &str) -> Result<&'g Tensor> {
-        self.g.params.get(&n.param_key(slot)).ok_or_else(|| {
+        self.params.get(&n.param_key(slot)).ok_or_else(|| {
             Error::graph(format!(
                 "node {}: missing parameter {}",
                 n.name,
