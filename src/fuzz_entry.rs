@@ -16,10 +16,14 @@ fn scratch(ext: &str, data: &[u8]) -> Option<PathBuf> {
     std::fs::write(&path, data).ok().map(|()| path)
 }
 
-/// A `.h5` file end to end: HDF5 (C), the Keras config, the weights, the IR.
+/// A `.h5` file end to end: HDF5 (C), the Keras config, the weights, the IR, and the
+/// rewrite every converted file goes through (`passes::subsample_early`), its result's
+/// shapes inferred again.
 pub fn h5(data: &[u8]) -> bool {
     scratch("h5", data).is_some_and(|p| {
-        crate::keras::read_model(&p, &crate::keras::ReadOptions::default()).is_ok()
+        crate::keras::read_model(&p, &crate::keras::ReadOptions::default()).is_ok_and(|mut g| {
+            crate::passes::subsample_early(&mut g).is_ok() && g.infer_shapes(None).is_ok()
+        })
     })
 }
 
