@@ -6,7 +6,7 @@ use crate::error::Result;
 #[cfg(feature = "keras")]
 use crate::keras::{read_model, ReadOptions};
 #[cfg(feature = "keras")]
-use crate::onnx::{export, write_atomic, ExportOptions};
+use crate::onnx::{export_for_inference, write_atomic, ExportOptions};
 use crate::runtime::ModelFile;
 use serde::Serialize;
 use std::path::Path;
@@ -119,9 +119,8 @@ pub fn bench_convert(
     let mut bytes = 0;
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
-        let mut graph = read_model(h5, read)?;
-        crate::passes::subsample_early(&mut graph)?;
-        let onnx = export(&graph, export_opts)?.to_bytes()?;
+        let graph = read_model(h5, read)?;
+        let onnx = export_for_inference(&graph, export_opts)?.to_bytes()?;
         write_atomic(out, &onnx)?;
         times.push(t.elapsed().as_secs_f64());
         bytes = onnx.len();

@@ -315,7 +315,7 @@ fn write_model(g: &Graph, out: &Path, size: (usize, usize)) -> allconv::Result<V
         input_size: Some(vec![size.0, size.1]),
         ..Default::default()
     };
-    let bytes = allconv::onnx::export_for_inference(g.clone(), &eo)?.to_bytes()?;
+    let bytes = allconv::onnx::export_for_inference(g, &eo)?.to_bytes()?;
     allconv::onnx::write_atomic(&onnx, &bytes)?;
     written.push(onnx.display().to_string());
     Ok(written)

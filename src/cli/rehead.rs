@@ -53,7 +53,7 @@ fn write(g: &allconv::ir::Graph, patch: &Path, out: &Path, size: &[usize]) -> al
                 input_size: Some(size.to_vec()),
                 ..Default::default()
             };
-            let mut ex = export_for_inference(g.clone(), &eo)?;
+            let mut ex = export_for_inference(g, &eo)?;
             meta::set_metadata(&mut ex.model, meta::SOURCE_SHA256, sha256_file(patch)?);
             write_atomic(out, &ex.to_bytes()?)
         }

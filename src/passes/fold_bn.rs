@@ -32,7 +32,11 @@ pub struct FoldReport {
     pub removed_nodes: Vec<String>,
 }
 
-fn channel_axis_ok(bn: &BatchNormConfig, fmt: DataFormat, rank_without_batch: usize) -> bool {
+pub(super) fn channel_axis_ok(
+    bn: &BatchNormConfig,
+    fmt: DataFormat,
+    rank_without_batch: usize,
+) -> bool {
     match fmt {
         DataFormat::ChannelsLast => bn.axis == rank_without_batch,
         DataFormat::ChannelsFirst => bn.axis == 1,

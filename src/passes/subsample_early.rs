@@ -192,12 +192,8 @@ fn sink(g: &Graph, readers: &Readers, v: ValueId, plan: &mut Plan) -> bool {
             plan.strided.push(p);
         }
         Op::BatchNorm(bn) => {
-            // 2-D maps (the readers have two strides): the channel axis counted with batch.
-            let channel_axis = match plan.data_format {
-                DataFormat::ChannelsLast => 3,
-                DataFormat::ChannelsFirst => 1,
-            };
-            if bn.axis != channel_axis {
+            // 2-D maps (the readers have two strides): rank 3 without the batch.
+            if !super::fold_bn::channel_axis_ok(bn, plan.data_format, 3) {
                 return false;
             }
             sink_inputs(g, readers, p, plan);
