@@ -13,9 +13,14 @@
 #     4. allconv finetune --device cuda on them, float32 and --amp (2 epochs, all layers,
 #        Adam, train batch BATCH): images/s of the warm epoch and the data-wait share;
 #     5. the PyTorch eager loop on the same model, batch and card, float32 and AMP
-#        (converters/torch_train_peer.py).
+#        (converters/torch_train_peer.py);
+#     6. CUDA training's numbers: the narrow VGG16 fixture fine-tuned on the same 32 small
+#        synthetic images on the CPU and on the device (same seed, float32, no augmentation);
+#        each epoch's loss and val_loss must agree within 2% (relative): cuDNN's default TF32
+#        convolutions round to ~1e-3 relative per layer, a wrong gradient or update moves
+#        the losses by far more.
 #   Each step's output goes under $OUT (or build/gpu/out), with summary.md at the end.
-#   A step that fails is recorded and the next one runs.
+#   A step that fails is recorded and the next one runs; the script exits 1 if any failed.
 # libtorch_cuda.so is loaded at run time (allconv::torch::load_cuda), so the CPU build works.
 # A dry run on this machine (no GPU: CUDA steps fail and say so, the peer needs torch):
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_PER_CLASS=2 GPU_CHECK_BATCH=2 \
@@ -56,7 +61,11 @@ for l in sys.stdin:
     done
     lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)
     export LD_LIBRARY_PATH="${lib:+$lib:}${LD_LIBRARY_PATH:-}" ALLCONV_ROOT="$(pwd)"
-    status() { echo "| $1 | $2 |" >> "$out/steps.md"; echo "gpu_check: $1: $2" >&2; }
+    failed=0
+    status() {
+      echo "| $1 | $2 |" >> "$out/steps.md"; echo "gpu_check: $1: $2" >&2
+      [ "$2" = "exit 0" ] || failed=$((failed + 1))
+    }
     : > "$out/steps.md"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/card.txt" 2>&1 || true
     if [ "$device" = cuda ]; then
@@ -85,6 +94,34 @@ for l in sys.stdin:
         > "$out/peer_$mode.json" 2> "$out/peer_$mode.log"
       status "PyTorch eager peer ($mode)" "exit $?"
     done
+    rm -rf "$gpu/num_data" "$gpu/num_ref" "$gpu/num_dev"
+    "$gpu/allconv" synth "$gpu/num_data" --per-class 16 --size 64x64 > "$out/numbers_synth.log" 2>&1
+    for run in ref:cpu "dev:$device"; do
+      "$gpu/allconv" finetune --patch-model-state fixtures/k208_vgg16_patch/model.h5 \
+        --block-type vgg --top-depths 16 --top-repetitions 1 --img-size 64 64 \
+        --rescale-factor 0.0000305 --featurewise-mean 0.5 --batch-size 16 --optimizer adam \
+        --init-learningrate 0.001 --nb-epoch 1 --all-layer-epochs 2 --no-augmentation --seed 1 \
+        --train "$gpu/num_data/train" --val "$gpu/num_data/val" -o "$gpu/num_${run%%:*}/best.h5" \
+        --device "${run#*:}" --log "$out/numbers_${run%%:*}.jsonl" > "$out/numbers_${run%%:*}.log" 2>&1 \
+        || echo "finetune --device ${run#*:} failed" >> "$out/numbers_${run%%:*}.log"
+    done
+    python3 - "$out" > "$out/numbers.txt" 2>&1 <<'PY'
+import json, sys
+out = sys.argv[1]
+def epochs(tag):
+    return [json.loads(l) for l in open(f"{out}/numbers_{tag}.jsonl") if l.startswith("{")]
+ref, dev = epochs("ref"), epochs("dev")
+assert ref and len(ref) == len(dev), f"epochs: cpu {len(ref)}, device {len(dev)}"
+worst = 0.0
+for a, b in zip(ref, dev):
+    for k in ("loss", "val_loss"):
+        rel = abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
+        worst = max(worst, rel)
+        print(f"epoch {a['epoch']} {k}: cpu {a[k]:.6f} device {b[k]:.6f} relative {rel:.2e}")
+assert worst <= 0.02, f"worst relative difference {worst:.2e} > 2e-2"
+print(f"PASS: worst relative difference {worst:.2e}")
+PY
+    status "CUDA training's numbers against the CPU (numbers.txt)" "exit $?"
     python3 - "$out" "$size" "$batch" "$per_class" <<'PY'
 import json, os, sys
 out, size, batch, per_class = sys.argv[1:]
@@ -114,6 +151,8 @@ rows += ["", "| step | result |", "|---|---|"] + open(os.path.join(out, "steps.m
 open(os.path.join(out, "summary.md"), "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
 PY
+    echo "gpu_check: $failed step(s) failed" >&2
+    [ "$failed" -eq 0 ]
     ;;
   *) echo "usage: scripts/gpu_check.sh build|run" >&2; exit 2 ;;
 esac

@@ -226,16 +226,73 @@ fn augmentation_matches_keras_208() {
     );
 }
 
+/// `Augment::paper()` draws every transform inside the ranges image_clf_train.py gives
+/// Keras (rotation 25 degrees, shear 0.2 rad, zoom 0.8-1.2 drawn per axis, channel shift 20,
+/// both flips, no shifts), covers each range to within 5% of both ends over 2000 draws, and
+/// is reproducible from its seed.
 #[test]
 fn paper_sampler_covers_keras_ranges() {
-    // Our own stream: reproducible, and every transform in the paper's ranges.
     let aug = Augment::paper();
-    let mut a = allconv::data::Rng::new(9);
-    let mut b = allconv::data::Rng::new(9);
-    for _ in 0..50 {
-        assert_eq!(
-            aug.sample(&mut a, [40, 32, 3]),
-            aug.sample(&mut b, [40, 32, 3])
+    let shape = [40, 32, 3];
+    let mut rng = allconv::data::Rng::new(9);
+    let draws: Vec<_> = (0..2000).map(|_| aug.sample(&mut rng, shape)).collect();
+    let span = |name: &str, v: Vec<f64>, lo: f64, hi: f64| {
+        assert!(!v.is_empty(), "{name}: no draws");
+        let (min, max) = v
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        assert!(
+            min >= lo && max <= hi,
+            "{name}: drawn in [{min}, {max}], range [{lo}, {hi}]"
         );
+        let slack = 0.05 * (hi - lo);
+        assert!(
+            min <= lo + slack && max >= hi - slack,
+            "{name}: draws [{min}, {max}] do not cover [{lo}, {hi}]"
+        );
+    };
+    let rad = 25f64.to_radians();
+    span(
+        "rotation",
+        draws.iter().map(|t| t.theta).collect(),
+        -rad,
+        rad,
+    );
+    span("shear", draws.iter().map(|t| t.shear).collect(), -0.2, 0.2);
+    span("zoom x", draws.iter().map(|t| t.zx).collect(), 0.8, 1.2);
+    span("zoom y", draws.iter().map(|t| t.zy).collect(), 0.8, 1.2);
+    let shifts: Vec<Vec<f64>> = draws
+        .iter()
+        .map(|t| t.channel_shift.clone().expect("a channel shift is drawn"))
+        .collect();
+    assert!(
+        shifts.iter().all(|s| s.len() == shape[2]),
+        "one shift per channel"
+    );
+    for c in 0..shape[2] {
+        span(
+            &format!("channel shift {c}"),
+            shifts.iter().map(|s| s[c]).collect(),
+            -20.0,
+            20.0,
+        );
+    }
+    // zx and zy are independent draws, not one zoom.
+    assert!(draws.iter().any(|t| t.zx != t.zy), "zx and zy always equal");
+    // No shift range is set: no translation.
+    assert!(draws.iter().all(|t| t.tx == 0.0 && t.ty == 0.0), "shifted");
+    // Each flip on about half the draws (binomial sd ~22 of 2000).
+    for (name, n) in [
+        ("flip_h", draws.iter().filter(|t| t.flip_h).count()),
+        ("flip_v", draws.iter().filter(|t| t.flip_v).count()),
+    ] {
+        assert!((850..=1150).contains(&n), "{name} on {n} of 2000 draws");
+    }
+    // Reproducible from the seed.
+    let mut again = allconv::data::Rng::new(9);
+    for (i, t) in draws.iter().enumerate().take(50) {
+        assert_eq!(&aug.sample(&mut again, shape), t, "draw {i}");
     }
 }

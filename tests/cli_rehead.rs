@@ -46,6 +46,16 @@ fn rehead_writes_h5_onnx_and_safetensors() {
         assert_eq!(v["top_layer_nb"], 8);
         assert!(out.is_file(), "{ext} written");
     }
+    // The ONNX file runs, and computes what the .h5 of the same seed computes.
+    #[cfg(feature = "torch")]
+    {
+        let d = common::onnx_vs_h5(&tmp.join("whole.onnx"), &tmp.join("whole.h5"), (1024, 768));
+        println!("rehead: whole.onnx (tract) vs whole.h5 (libtorch): {d:.2e} x range");
+        assert!(
+            d <= allconv::verify::CROSS_RUNTIME_ATOL,
+            "whole.onnx vs whole.h5: {d:e} x range"
+        );
+    }
     // The .h5 reads back as the model it describes.
     let (ok, stdout, stderr) =
         allconv(&["inspect", tmp.join("whole.h5").to_str().unwrap(), "--json"]);

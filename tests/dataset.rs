@@ -98,7 +98,10 @@ fn folders_warnings_and_predict_pipeline() {
     let mut sorted = paths.clone();
     sorted.sort_by_key(|p| (p.starts_with(root.join("pos")), p.clone()));
     assert_eq!(paths, sorted);
-    // Without augmentation a sample is exactly what `predict` computes.
+    // Without augmentation a sample is the preprocessing `predict` applies
+    // (`Preprocess::apply`) to the decoded file; `samples_match_the_genuine_cv2_pipeline`
+    // holds that to genuine OpenCV.
+    assert_eq!(ds.samples().len(), 8);
     for (i, s) in ds.samples().iter().enumerate() {
         let (want, shape) = prep().apply(&read_image(&s.path).unwrap()).unwrap();
         assert_eq!(shape, [8, 6, 3]);
@@ -360,4 +363,56 @@ fn workers_prefetch_while_the_consumer_computes() {
     let mut it = ds.epoch(1, &opts).unwrap();
     assert!(it.next().is_some());
     drop(it);
+}
+
+/// Dataset samples (no augmentation) equal the paper's pipeline as genuine OpenCV ran it
+/// (`cv2.imread` + `cv2.resize` INTER_CUBIC + rescale - mean, fixtures/images/reference.npz
+/// from converters/opencv_ref.py), within the 1e-3 of tests/data_preprocess.rs.
+#[test]
+fn samples_match_the_genuine_cv2_pipeline() {
+    use ndarray::ArrayD;
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/images");
+    let root = tmp("cv2");
+    for (class, file) in [("neg", "mdb001.pgm"), ("pos", "mdb028.pgm")] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        std::fs::copy(images.join(file), root.join(class).join(file)).unwrap();
+    }
+    // The references' parameters (params/<file>/200x152 = [rescale, mean, target_scale]).
+    let p = Preprocess {
+        target: Some((200, 152)),
+        target_scale: None,
+        rescale: 1.0,
+        mean: 44.33,
+        channels: 3,
+    };
+    let ds = Dataset::from_folders(&root, &classes(), &DatasetOptions::new(p)).unwrap();
+    let mut npz =
+        ndarray_npy::NpzReader::new(std::fs::File::open(images.join("reference.npz")).unwrap())
+            .unwrap();
+    let mut checked = 0;
+    for (i, s) in ds.samples().iter().enumerate() {
+        let file = s.path.file_name().unwrap().to_string_lossy().to_string();
+        let params: ArrayD<f64> = npz.by_name(&format!("params/{file}/200x152.npy")).unwrap();
+        assert_eq!(
+            params.iter().copied().collect::<Vec<_>>(),
+            vec![1.0, 44.33, 0.0],
+            "{file}: reference made with other parameters"
+        );
+        let want: ArrayD<f32> = npz.by_name(&format!("pre/{file}/200x152.npy")).unwrap();
+        assert_eq!(want.shape(), &[200, 152]);
+        let got = ds.load(i, None).unwrap();
+        assert_eq!(got.len(), 200 * 152 * 3);
+        for c in 0..3 {
+            let d = got
+                .iter()
+                .skip(c)
+                .step_by(3)
+                .zip(want.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d <= 1e-3, "{file} channel {c}: max abs diff {d}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
 }

@@ -180,6 +180,13 @@ fn synthetic_set_learns_and_a_seed_reproduces_it() {
     }
     let g = read_model(&out, &ReadOptions::default()).unwrap();
     assert_eq!(g.source.keras_version.as_deref(), Some("2.0.8"));
+    // The ONNX file runs, and computes what the best .h5 computes.
+    let d = common::onnx_vs_h5(&root.join("out/best.onnx"), &out, (64, 64));
+    println!("finetune: best.onnx (tract) vs best.h5 (libtorch): {d:.2e} x range");
+    assert!(
+        d <= allconv::verify::CROSS_RUNTIME_ATOL,
+        "best.onnx vs best.h5: {d:e} x range"
+    );
     // The same seed, the same weights, bit for bit.
     let out2 = root.join("out2/best.h5");
     let mut args2 = base_args(

@@ -54,15 +54,10 @@ fn options(dir: &Path) -> (Graph, ReheadOptions) {
     )
     .expect("patch fixture reads");
     let mut o = ReheadOptions::new(top, (h, w));
-    if let Some(c) = r["classes"].as_u64() {
-        o.classes = c as usize;
-    }
-    if let Some(d) = r["dropout"].as_f64() {
-        o.dropout = d as f32;
-    }
-    if let Some(l) = r["weight_decay"].as_f64() {
-        o.weight_decay = l as f32;
-    }
+    o.classes = r["classes"].as_u64().expect("rehead.classes") as usize;
+    o.dropout = r["dropout"].as_f64().expect("rehead.dropout") as f32;
+    o.weight_decay = r["weight_decay"].as_f64().expect("rehead.weight_decay") as f32;
+    // No `cut` recorded: the paper's default cut, as add_top_layers was called.
     if let Some(c) = r["cut"].as_str() {
         o.cut = Some(c.into());
     }
@@ -136,8 +131,12 @@ fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() 
         // stage 1 freezes; the smallest size Keras can build, per side.
         let e = common::expect(dir);
         let r = &e["rehead"];
-        if let Some(frozen) = r["frozen_in_stage1"].as_array() {
+        {
+            let frozen = r["frozen_in_stage1"]
+                .as_array()
+                .expect("rehead.frozen_in_stage1");
             let want: Vec<&str> = frozen.iter().filter_map(Value::as_str).collect();
+            assert!(!want.is_empty(), "{name}: Keras froze no layer in stage 1");
             assert_eq!(
                 report.frozen_in_stage1, want,
                 "{name}: stage-1 frozen layers"
@@ -147,7 +146,10 @@ fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() 
                 r["top_layer_nb"].as_u64().unwrap()
             );
         }
-        if let Some(m) = r["min_input_size"].as_object() {
+        {
+            let m = r["min_input_size"]
+                .as_object()
+                .expect("rehead.min_input_size");
             let side = |k: &str| m[k]["all_shapes_positive"].as_u64().map(|v| v as usize);
             let (want_h, want_w) = (side("height"), side("width"));
             let e = rehead(
@@ -199,7 +201,12 @@ fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() 
         assert_eq!(table(&ours), table(&genuine), "{name}: layer table");
         // 3. The inner network's weights bit for bit.
         let inner = format!("{}/", report.inner_model);
-        for (k, t) in ours.params.iter().filter(|(k, _)| k.starts_with(&inner)) {
+        let inner_params = ours.params.iter().filter(|(k, _)| k.starts_with(&inner));
+        assert!(
+            inner_params.clone().count() > 0,
+            "{name}: no weights under {inner}"
+        );
+        for (k, t) in inner_params {
             let src = &patch.params[&k[inner.len()..]];
             assert!(
                 t.shape == src.shape
@@ -210,7 +217,14 @@ fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() 
                 "{name}: {k} changed"
             );
         }
-        // The heatmap Dense holds the patch classifier's weights.
+        // The heatmap Dense holds the patch classifier's weights (heatmap recipes only).
+        assert_eq!(
+            report.heatmap_dense.is_some(),
+            report.recipe.starts_with("heatmap"),
+            "{name}: heatmap Dense {:?} for recipe {}",
+            report.heatmap_dense,
+            report.recipe
+        );
         if let Some(hm) = &report.heatmap_dense {
             for slot in ["kernel", "bias"] {
                 assert_eq!(
@@ -251,7 +265,7 @@ fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() 
             threads: 2,
             ..Default::default()
         };
-        // And the plain check the issue states: tract's output within 1e-4 of Keras's.
+        // And the plain check: tract's output within 1e-4 of Keras's.
         match verify_graph_refs(
             &copied,
             &name,
@@ -271,14 +285,18 @@ fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() 
             Err(e) => failures.push(format!("{name}: {e}")),
         }
         match verify_graph_refs(&copied, &name, &exact, label, &vo) {
-            Ok(r) if r.passed && !r.layers.is_empty() => println!(
+            Ok(r) if r.passed => {
+                // Every layer Keras recorded was compared, not merely some.
+                failures.extend(common::report_coverage_failures(&name, dir, &r, false));
+                println!(
                 "{name}: {} ({} new layers): tract vs float64 output {:.2e}, {} layers, bound {bound:.1e}; Keras vs float64 output {:.2e}",
                 report.recipe,
                 report.new_layers.len(),
                 r.outputs[0].max_abs_err,
                 r.layers.len(),
                 semantic.max_abs_err
-            ),
+                )
+            }
             Ok(r) => failures.push(format!("{name}: tract:\n{}", r.to_text())),
             Err(e) => failures.push(format!("{name}: {e}")),
         }
@@ -321,6 +339,10 @@ fn full_recipes_match_keras_structure() {
             .iter()
             .filter(|r| !r["path"].as_str().unwrap_or("").contains('/'))
             .collect();
+        assert!(
+            !want.is_empty(),
+            "{name}: expect.json lists no top-level layer"
+        );
         assert_eq!(top.len(), want.len(), "{name}: top-level layer count");
         for (l, r) in top.iter().zip(&want) {
             assert_eq!(l.path, r["path"].as_str().unwrap(), "{name}: order");
@@ -336,7 +358,8 @@ fn full_recipes_match_keras_structure() {
                 "{name}: {} params",
                 l.path
             );
-            if let Some(want_shape) = r["output_shape"].as_array() {
+            {
+                let want_shape = r["output_shape"].as_array().expect("output_shape");
                 let got: Vec<Option<usize>> = ours.values[l.output.unwrap()]
                     .shape
                     .iter()

@@ -219,6 +219,7 @@ pub fn verify_torch_refs(
         first_diverging_layer: first_div,
         skipped_layers: skipped,
         folded,
+        subsampled: None,
     })
 }
 

@@ -5,7 +5,7 @@ use super::npz::read_npz;
 use super::{compare, TensorCmp, CROSS_RUNTIME_ATOL, DEFAULT_ATOL, DEFAULT_RTOL};
 use crate::error::{Error, Result};
 use crate::meta::{self, Array};
-use crate::passes::FoldReport;
+use crate::passes::{FoldReport, SubsampleReport};
 use crate::runtime::ModelFile;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -70,6 +70,9 @@ pub struct VerifyReport {
     /// `layer/<path>` keys not compared, with the reason.
     pub skipped_layers: Vec<(String, String)>,
     pub folded: Option<FoldReport>,
+    /// What the subsampling rewrite changed in the graph that ran (`None`: not applied,
+    /// e.g. per-layer runs, which need every layer as Keras made it).
+    pub subsampled: Option<SubsampleReport>,
 }
 
 impl VerifyReport {
@@ -219,5 +222,6 @@ pub fn verify_onnx(
         first_diverging_layer: None,
         skipped_layers: vec![],
         folded: None,
+        subsampled: None,
     })
 }

@@ -50,9 +50,11 @@ pub fn verify_graph_refs(
         (g.clone(), None)
     };
     // The graph `convert` writes; per-layer comparison needs every layer as Keras made it.
-    if !opts.per_layer {
-        subsample_early(&mut g)?;
-    }
+    let subsampled = if opts.per_layer {
+        None
+    } else {
+        Some(subsample_early(&mut g)?)
+    };
     let eo = ExportOptions {
         opset: opts.opset,
         input_size: g.input_spatial(&input.shape),
@@ -150,6 +152,7 @@ pub fn verify_graph_refs(
         first_diverging_layer: first_div,
         skipped_layers: skipped,
         folded,
+        subsampled,
     })
 }
 
