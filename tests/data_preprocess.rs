@@ -167,6 +167,7 @@ fn preprocessing_matches_the_genuine_cv2_pipeline() {
             rescale: params[0],
             mean: params[1],
             channels: 3,
+            equalize_hist: false,
         };
         let (data, shape) = p.apply(&src).expect("apply");
         assert_eq!(shape, [r.shape[0], r.shape[1], 3]);
@@ -345,4 +346,69 @@ fn overlay_is_written_atomically() {
     assert!(leftovers.is_empty(), "temporary files left behind");
     assert!(write_overlay(&out, &img, &heat, (5, 4), &OverlayOptions::default()).is_err());
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `equalize` (`--equalize-hist`): `cv2.equalizeHist(img.astype('uint8'))` after resizing
+/// and scaling, bit for bit against genuine numpy and OpenCV (fixtures/images/equalize.npz,
+/// converters/equalize_ref.py) on 8- and 16-bit images, including 16-bit values above 255
+/// that numpy's cast wraps; and that cast itself.
+#[test]
+fn equalize_hist_matches_numpy_and_cv2_exactly() {
+    let file = File::open(fixtures().join("equalize.npz")).expect("equalize.npz");
+    let mut npz = NpzReader::new(file).expect("npz");
+    let cast_in: ArrayD<f32> = npz.by_name("cast/in.npy").expect("cast/in");
+    let cast_out: ArrayD<u8> = npz.by_name("cast/out.npy").expect("cast/out");
+    assert!(!cast_in.is_empty());
+    for (&v, &want) in cast_in.iter().zip(cast_out.iter()) {
+        assert_eq!(
+            allconv::data::equalize::numpy_f32_to_u8(v),
+            want,
+            "astype(uint8) of {v}"
+        );
+    }
+    let names: Vec<String> = npz.names().expect("names");
+    let cases: Vec<String> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("eq/"))
+        .map(|n| n.trim_end_matches(".npy").to_string())
+        .collect();
+    assert!(
+        cases.len() >= 5,
+        "only {} equalisation references",
+        cases.len()
+    );
+    let mut wrapped = false;
+    for case in &cases {
+        let want: ArrayD<u8> = npz.by_name(&format!("eq/{case}.npy")).expect("eq");
+        let params: ArrayD<f64> = npz.by_name(&format!("params/{case}.npy")).expect("params");
+        let name: ArrayD<u8> = npz.by_name(&format!("file/{case}.npy")).expect("file");
+        let name = String::from_utf8(name.iter().copied().collect()).expect("file name");
+        let p = params.as_slice().expect("params");
+        let pre = Preprocess {
+            target: Some((p[0] as usize, p[1] as usize)),
+            target_scale: (p[2] != 0.0).then_some(p[2] as f32),
+            rescale: p[3] as f32,
+            mean: 0.0,
+            channels: 1,
+            equalize_hist: true,
+        };
+        let img = read_image(&fixtures().join(&name)).expect("read");
+        wrapped |= img.max() * pre.rescale > 255.0 && pre.target_scale.is_none();
+        let (got, shape) = pre.apply(&img).expect("apply");
+        assert_eq!(&shape[..2], want.shape(), "{case}");
+        let differ = got
+            .iter()
+            .zip(want.iter())
+            .filter(|(a, b)| **a != f32::from(**b))
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{case}: {differ} pixels differ from cv2.equalizeHist"
+        );
+    }
+    assert!(wrapped, "no case with 16-bit values beyond 255");
+    // The spec form round-trips the flag.
+    let p: Preprocess = "rescale=0.003891,equalize,gray".parse().expect("spec");
+    assert!(p.equalize_hist && p.channels == 3);
+    assert_eq!(p.to_string().parse::<Preprocess>().expect("round trip"), p);
 }

@@ -48,6 +48,7 @@ fn prep() -> Preprocess {
         rescale: 0.003891,
         mean: 52.18,
         channels: 3,
+        equalize_hist: false,
     }
 }
 
@@ -314,6 +315,7 @@ fn synthetic_set_opens_as_a_dataset() {
         mean: 52.18,
         channels: 1,
         target_scale: None,
+        equalize_hist: false,
     };
     let ds = Arc::new(Dataset::from_folders(&root, &set.classes, &DatasetOptions::new(p)).unwrap());
     assert_eq!(ds.class_counts(), vec![4, 4]);
@@ -337,6 +339,7 @@ fn workers_prefetch_while_the_consumer_computes() {
         mean: 52.18,
         channels: 3,
         target_scale: None,
+        equalize_hist: false,
     };
     let ds = Arc::new(Dataset::from_folders(&root, &classes(), &DatasetOptions::new(p)).unwrap());
     let mut opts = BatchOptions::new(4, 11);
@@ -384,6 +387,7 @@ fn samples_match_the_genuine_cv2_pipeline() {
         rescale: 1.0,
         mean: 44.33,
         channels: 3,
+        equalize_hist: false,
     };
     let ds = Dataset::from_folders(&root, &classes(), &DatasetOptions::new(p)).unwrap();
     let mut npz =

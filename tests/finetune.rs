@@ -395,9 +395,9 @@ fn bad_input_is_refused_clearly_and_nothing_is_written() {
     // A model whose top does not match --class-list.
     let (ok, _, stderr) = with(&["--class-list", "neg", "pos", "benign"], &dirs);
     assert!(!ok && stderr.contains("class"), "{stderr}");
-    // A flag allconv does not implement, refused by name.
-    let (ok, _, stderr) = with(&["--equalize-hist"], &dirs);
-    assert!(!ok && stderr.contains("--equalize-hist"), "{stderr}");
+    // A target scale that is not a positive number.
+    let (ok, _, stderr) = with(&["--img-scale", "0"], &dirs);
+    assert!(!ok && stderr.contains("--img-scale"), "{stderr}");
     // Mixed precision is CUDA's float16 autocast: refused on the CPU, not run as float32.
     let (ok, _, stderr) = with(&["--amp"], &dirs);
     assert!(
@@ -416,5 +416,8 @@ fn bad_input_is_refused_clearly_and_nothing_is_written() {
         stderr.contains("broken.png"),
         "the corrupt file is named: {stderr}"
     );
+    // The paper's patch preprocessing: target scale, then histogram equalisation.
+    let (ok, _, stderr) = with(&["--img-scale", "4095", "--equalize-hist"], &dirs);
+    assert!(ok, "{stderr}");
     std::fs::remove_dir_all(&root).ok();
 }

@@ -72,7 +72,8 @@ pub struct FinetuneArgs {
     // --- data ---
     #[arg(long, num_args = 2, default_values_t = [1152usize, 896])]
     pub img_size: Vec<usize>,
-    /// target_scale: img *= s / img.max() (refused: not implemented).
+    /// target_scale: img *= s / img.max(), before --rescale-factor (the paper's
+    /// read_resize_img).
     #[arg(long)]
     pub img_scale: Option<f32>,
     #[arg(long)]
@@ -87,7 +88,7 @@ pub struct FinetuneArgs {
     pub no_featurewise_center: bool,
     #[arg(long, default_value_t = 52.16)]
     pub featurewise_mean: f32,
-    /// cv2.equalizeHist (refused: not implemented).
+    /// cv2.equalizeHist on the scaled image cast to 8 bits (the paper's read_img_for_pred).
     #[arg(long, overrides_with = "no_equalize_hist")]
     pub equalize_hist: bool,
     #[arg(long)]
@@ -167,20 +168,6 @@ pub struct FinetuneArgs {
     pub resume: bool,
     #[arg(long)]
     pub json: bool,
-}
-
-impl FinetuneArgs {
-    /// Flags the paper's script has that allconv does not implement: refused by name.
-    pub fn unimplemented(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.img_scale.is_some() && !self.no_img_scale {
-            v.push("--img-scale (target_scale)");
-        }
-        if self.equalize_hist && !self.no_equalize_hist {
-            v.push("--equalize-hist");
-        }
-        v
-    }
 }
 
 use allconv::data::dataset::{Dataset, DatasetOptions, Weighting};
@@ -322,12 +309,9 @@ fn write_model(g: &Graph, out: &Path, size: (usize, usize)) -> allconv::Result<V
 }
 
 fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
-    let refused = a.unimplemented();
-    if !refused.is_empty() {
-        return Err(other(format!(
-            "not implemented, refused rather than ignored: {}",
-            refused.join(", ")
-        )));
+    let target_scale = a.img_scale.filter(|_| !a.no_img_scale);
+    if let Some(ts) = target_scale.filter(|ts| !(ts.is_finite() && *ts > 0.0)) {
+        return Err(other(format!("--img-scale: {ts} is not a positive number")));
     }
     if a.img_size.len() != 2 {
         return Err(other("--img-size takes H W"));
@@ -361,13 +345,14 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
     let featurewise = !a.no_featurewise_center;
     let pre = Preprocess {
         target: Some(size),
-        target_scale: None,
+        target_scale,
         rescale: a
             .rescale_factor
             .filter(|_| !a.no_rescale_factor)
             .unwrap_or(1.0),
         mean: if featurewise { a.featurewise_mean } else { 0.0 },
         channels,
+        equalize_hist: a.equalize_hist && !a.no_equalize_hist,
     };
     let open = |dir: &Path, ram: bool| -> allconv::Result<Arc<Dataset>> {
         let mut o = DatasetOptions::new(pre.clone());

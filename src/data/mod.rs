@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod dataset;
 mod dicom;
+pub mod equalize;
 pub mod image_io;
 pub mod overlay;
 mod pnm;

@@ -1,6 +1,7 @@
 //! The paper's preprocessing (`read_resize_img` + DMImageDataGenerator):
 //! resize (cv2 cubic on the native dtype) -> float32 -> optional `target_scale`
-//! (`img *= target_scale / img.max()`) -> `*= rescale` -> `-= mean` -> optional
+//! (`img *= target_scale / img.max()`) -> `*= rescale` -> optional histogram equalisation
+//! (`cv2.equalizeHist(img.astype('uint8'))`, [`super::equalize`]) -> `-= mean` -> optional
 //! duplication of grey to 3 channels. Output is HWC (channels last), as Keras expects.
 
 use std::fmt;
@@ -25,6 +26,9 @@ pub struct Preprocess {
     pub mean: f32,
     /// 1, or 3 to duplicate grey into RGB-like channels (ImageNet backbones).
     pub channels: usize,
+    /// `cv2.equalizeHist` on the scaled image cast to 8 bits, as the paper's
+    /// `--equalize-hist` (the default of patch_clf_train.py).
+    pub equalize_hist: bool,
 }
 
 impl Default for Preprocess {
@@ -35,6 +39,7 @@ impl Default for Preprocess {
             rescale: 1.0,
             mean: 0.0,
             channels: 1,
+            equalize_hist: false,
         }
     }
 }
@@ -70,6 +75,12 @@ impl Preprocess {
             Some(f) => v * f * rescale,
             None => v * rescale,
         });
+        if self.equalize_hist {
+            let mut px: Vec<u8> = values.map(super::equalize::numpy_f32_to_u8).collect();
+            super::equalize::equalize_hist_u8(&mut px);
+            let values = px.into_iter().map(f32::from);
+            return Ok(self.finish(values, img.height, img.width));
+        }
         Ok(self.finish(values, img.height, img.width))
     }
 
@@ -130,7 +141,8 @@ impl FromStr for Preprocess {
 
     /// Parses the CLI form, e.g. `rescale=0.003891,mean=52.18,gray,size=1152x896`.
     /// Keys: `size=HxW`, `target_scale=F`, `rescale=F`, `mean=F`, `channels=1|3`,
-    /// and the flag `gray` (= `channels=3`, duplicate grey to 3 channels).
+    /// and the flags `gray` (= `channels=3`, duplicate grey to 3 channels) and `equalize`
+    /// (`cv2.equalizeHist` after scaling).
     fn from_str(spec: &str) -> Result<Self, DataError> {
         let err = |msg: String| DataError::Spec {
             spec: spec.to_string(),
@@ -151,6 +163,7 @@ impl FromStr for Preprocess {
             };
             match (key, value) {
                 ("gray" | "grey", None) => p.channels = 3,
+                ("equalize", None) => p.equalize_hist = true,
                 ("channels", Some(v)) => {
                     p.channels = match v {
                         "1" => 1,
@@ -183,16 +196,17 @@ impl FromStr for Preprocess {
                     }
                 }
                 (
-                    "gray" | "grey" | "channels" | "rescale" | "mean" | "target_scale" | "size",
+                    "gray" | "grey" | "equalize" | "channels" | "rescale" | "mean"
+                    | "target_scale" | "size",
                     _,
                 ) => {
                     return Err(err(format!(
-                        "'{item}': wrong form (flags: gray; keys: size=HxW, target_scale=F, rescale=F, mean=F, channels=1|3)"
+                        "'{item}': wrong form (flags: gray, equalize; keys: size=HxW, target_scale=F, rescale=F, mean=F, channels=1|3)"
                     )))
                 }
                 _ => {
                     return Err(err(format!(
-                        "unknown key '{key}' (known: size, target_scale, rescale, mean, channels, gray)"
+                        "unknown key '{key}' (known: size, target_scale, rescale, mean, channels, gray, equalize)"
                     )))
                 }
             }
@@ -213,6 +227,9 @@ impl fmt::Display for Preprocess {
         }
         parts.push(format!("rescale={}", self.rescale));
         parts.push(format!("mean={}", self.mean));
+        if self.equalize_hist {
+            parts.push("equalize".to_string());
+        }
         if self.channels == 3 {
             parts.push("gray".to_string());
         }
