@@ -100,6 +100,9 @@ def main():
          "parameters and outputs (tests/augment_keras.rs)"),
         ("compressed", "compress_fixture.py (h5py)", "k208_conv with gzip-compressed datasets "
          "(tests/compressed.rs)"),
+        ("eval", "eval_ref.py (scikit-learn, NumPy, SciPy)", "AUROC, ROC curves, a reference "
+         "fast DeLong (Sun and Xu), multi-class metrics, percentiles and erfc on data with ties "
+         "(tests/evaluate.rs)"),
     ]
     other_rows = []
     for d, gen, what in others:

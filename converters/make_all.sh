@@ -36,6 +36,8 @@ $TF converters/realworld.py k3_depthwise
 $TF converters/tta_ref.py k208tf_resnet50_whole_resnet k208tf_vgg16_whole_vgg \
     k208tf_yaroslav_whole_heatmap
 $TF converters/tta_ref.py --raw k208tf_resnet50_whole_resnet
+# scikit-learn / NumPy / SciPy and a reference fast DeLong for `allconv evaluate` (fixtures/eval/).
+$TF converters/eval_ref.py
 # OpenCV references for image reading and INTER_CUBIC resizing (fixtures/images/), in
 # their own venv (OpenCV's portable code path; see converters/opencv_ref.py).
 [ -x .venv-cv/bin/python ] || { python3 -m venv .venv-cv && .venv-cv/bin/pip install -q \

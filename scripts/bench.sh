@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark of the README (a measurement, not a test): the full-width Keras 2.0.8
+# The inference and conversion benchmark of docs/benchmarks.md (a measurement, not a test): the full-width Keras 2.0.8
 # ResNet50 whole-image model ([512-512-1024]x2 top, TensorFlow-backend file like the
 # published checkpoint) at 1152x896, made by converters/ (Keras 2.0.8 writes it; about
 # 15 min on 2 cores the first time). Each runtime runs in its own process, same input
@@ -8,7 +8,9 @@
 # Latency at 1 thread and at every core; `predict` over IMAGES (default 20) full-size
 # (4096x3328) 16-bit PNGs against the paper's own scoring pipeline. Each whole command
 # (convert, tf2onnx, predict, the paper pipeline) runs WHOLE_RUNS times (default 3), its
-# median wall time reported: this 2-core VM's speed drifts by 10% between minutes.
+# median wall time reported (a shared VM's speed drifts between minutes).
+# Results: docs/bench/bench.json (scripts/bench_json.py), then docs/benchmarks.md's tables
+# are rendered from it (tests/docs_figures.rs with ALLCONV_WRITE_BENCH_TABLES=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}; nimages=${2:-20}; whole_runs=${3:-3}
@@ -82,61 +84,83 @@ echo "bench: paper pipeline, $nimages images x$whole_runs"
 whole "$out/paper_predict_cmd.json" "$out/paper_predict.out" $py converters/bench_peers.py paper "$model" $size "$cores" $files
 tail -1 "$out/paper_predict.out" > "$out/paper_predict.json"
 
-python3 - "$out" "$runs" "$threads_list" "$nimages" "$whole_runs" <<'PY'
-import json, os, platform, statistics, sys
-d, runs, threads_list, nimages, whole_runs = sys.argv[1], sys.argv[2], sys.argv[3].split(), int(sys.argv[4]), sys.argv[5]
+# sample-patches: `allconv sample-patches` against the paper's sampler (the Python 3 port of
+# sample_patches_combined.py in converters/, genuine OpenCV, numpy, pandas, scikit-learn),
+# whole commands on the same synthetic CBIS-DDSM-layout set (16 patients, 16-bit PNGs about
+# 1300x850), at the paper's ratio of image height to patch size (1024/64 = 4096/256).
+spset=build/bench/sample_patches_set
+[ -d "$spset" ] || { rm -rf "$spset.tmp"; $py converters/sample_patches_ref.py --make-set "$spset.tmp" 16 big && mv "$spset.tmp" "$spset"; }
+spopts="--target-height 1024 --patch-size 64 --val-size 0.25"
+sp_in="$spset/roi_mask_path.csv $spset/masks $spset/pat_train.txt $spset/full"
+for who in allconv paper; do
+  rm -rf "$out/sp_$who"
+  for s in train val; do for c in background calc_mal calc_ben mass_mal mass_ben; do mkdir -p "$out/sp_$who/$s/$c"; done; done
+done
+echo "bench: allconv sample-patches x$whole_runs"
+whole "$out/allconv_sample_cmd.json" /dev/null $bin sample-patches $sp_in "$out/sp_allconv/train" "$out/sp_allconv/val" $spopts --jobs "$cores" --json
+echo "bench: the paper's sample_patches_combined.py (Python 3 port) x$whole_runs"
+whole "$out/paper_sample_cmd.json" /dev/null $py converters/sample_patches_ref.py --cli $sp_in "$out/sp_paper/train" "$out/sp_paper/val" $spopts --no-verbose
+ls "$spset/full" | wc -l > "$out/sample_views.txt"
+
+python3 - "$out" "$runs" "$threads_list" "$nimages" "$whole_runs" "$bin" <<'PY'
+import json, os, statistics, sys
+sys.path.insert(0, "scripts")
+from bench_json import fig, versions, write
+d, runs, threads_list, nimages, whole_runs, binary = sys.argv[1], sys.argv[2], sys.argv[3].split(), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 j = lambda n: json.load(open(os.path.join(d, n)))
 def whole(n):
-    # One GNU time line per run: the median wall time, the largest peak.
+    # One GNU time line per run: the median wall time, the largest peak (KiB -> MiB).
     rs = [json.loads(l) for l in open(os.path.join(d, n)) if l.startswith("{")]
-    return {"wall_s": statistics.median(r["wall_s"] for r in rs), "peak_mb": max(r["peak_mb"] for r in rs), "runs": len(rs)}
+    return {"wall_s": statistics.median(r["wall_s"] for r in rs), "peak_mb": max(r["peak_mb"] for r in rs) / 1024.0}
 ac, tc, tfr = j("allconv_convert.json"), j("tf2onnx_convert.json"), j("tf_run.json")
 acmd, tcmd = whole("allconv_cmd.json"), whole("tf2onnx_cmd.json")
 apc, ppc, pp = whole("allconv_predict_cmd.json"), whole("paper_predict_cmd.json"), j("paper_predict.json")
 ahc = whole("allconv_predict_h5_cmd.json")
-for m in (acmd, tcmd, apc, ppc, ahc):
-    m["peak_mb"] /= 1024.0  # GNU time reports KiB
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
-flags = set(next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split())
-ext = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni") if f in flags)
-# allconv's and the paper's probabilities for the same images (a sanity check, printed).
-ap = [r["probabilities"] for r in j("allconv_predict.json")]
-diff = max(abs(a - b) for x, y in zip(ap, pp["probabilities"]) for a, b in zip(x, y))
-saturated = all(v in (0.0, 1.0) for x in ap for v in x)
-agree = (f"allconv's and the paper pipeline's probabilities on the same images differ by at most {diff:.1e}"
-         + (" (the bench model's random-weight softmax saturates at 0/1 on these images, so that says little)." if saturated else "."))
-rows = [
- "| measure | allconv | peer | ratio (allconv / peer) |",
- "|---|---|---|---|",
- f"| `allconv convert` whole command, median of {whole_runs} processes (s) | {acmd['wall_s']:.2f} | tf2onnx process {tcmd['wall_s']:.2f} | {acmd['wall_s']/tcmd['wall_s']:.3f} ({tcmd['wall_s']/acmd['wall_s']:.1f}x faster) |",
- f"| peak memory, whole command (MiB) | {acmd['peak_mb']:.0f} | tf2onnx process {tcmd['peak_mb']:.0f} | {acmd['peak_mb']/tcmd['peak_mb']:.2f} |",
- f"| inner: read + export + write, median of 3 warm (s) | {ac['convert_s']:.2f} | tf2onnx load + convert, 1 run {tc['convert_s']:.2f} | {ac['convert_s']/tc['convert_s']:.3f} |",
+asc, psc = whole("allconv_sample_cmd.json"), whole("paper_sample_cmd.json")
+nviews = int(open(os.path.join(d, "sample_views.txt")).read())
+row = lambda label, a, p, da, dp, dr=2: [label, fig(a, da), fig(p, dp), fig(a / p, dr)]
+head = ["measure", "allconv", "peer", "allconv / peer"]
+convert = [
+  row(f"whole command (s), median of {whole_runs} processes: `allconv convert` vs the tf2onnx process", acmd["wall_s"], tcmd["wall_s"], 2, 2, 3),
+  row("peak memory of the whole command (MiB): `allconv convert` vs the tf2onnx process", acmd["peak_mb"], tcmd["peak_mb"], 0, 0),
+  row("inner (s): read + export + write, median of 3 warm runs vs tf2onnx load + convert, 1 run", ac["convert_s"], tc["convert_s"], 2, 2, 3),
+  ["ONNX file written (MB)", fig(ac["onnx_bytes"] / 1e6, 0), None, None],
 ]
+latency = []
 for t in threads_list:
-    tr, orr = j(f"tract_run_{t}.json"), j(f"ort_run_{t}.json")
-    rows += [
-     f"| latency, steady state, {t} thread(s) (ms) | tract {tr['latency_ms']:.0f} | onnxruntime {orr['latency_ms']:.0f} | {tr['latency_ms']/orr['latency_ms']:.2f} |",
-     f"| first result (load + optimise + run), {t} thread(s) (s) | tract {tr['first_result_s']:.2f} | onnxruntime {orr['first_result_s']:.2f} | {tr['first_result_s']/orr['first_result_s']:.2f} |",
+    tr, orr, th = j(f"tract_run_{t}.json"), j(f"ort_run_{t}.json"), j(f"torch_run_{t}.json")
+    latency += [
+      row(f"steady state, {t} thread(s) (ms): tract vs onnxruntime, same ONNX file", tr["latency_ms"], orr["latency_ms"], 0, 0),
+      row(f"first result, {t} thread(s) (s): tract load + optimise + run vs onnxruntime", tr["first_result_s"], orr["first_result_s"], 2, 2),
+      row(f"steady state, {t} thread(s) (ms): libtorch on the .h5 as `predict` runs it vs onnxruntime", th["latency_ms"], orr["latency_ms"], 0, 0),
+      row(f"first result, {t} thread(s) (s): libtorch read .h5 + weights + run vs onnxruntime", th["first_result_s"], orr["first_result_s"], 2, 2),
     ]
-for t in threads_list:
-    th, orr = j(f"torch_run_{t}.json"), j(f"ort_run_{t}.json")
-    rows += [
-     f"| latency, steady state, {t} thread(s), the .h5 on libtorch as `predict` runs it (ms) | libtorch {th['latency_ms']:.0f} | onnxruntime {orr['latency_ms']:.0f} | {th['latency_ms']/orr['latency_ms']:.2f} |",
-     f"| first result (read .h5 + weights + run), {t} thread(s) (s) | libtorch {th['first_result_s']:.2f} | onnxruntime {orr['first_result_s']:.2f} | {th['first_result_s']/orr['first_result_s']:.2f} |",
-    ]
-tr, orr = j(f"tract_run_{threads_list[-1]}.json"), j(f"ort_run_{threads_list[-1]}.json")
-rows += [
- f"| latency, steady state, {threads_list[-1]} thread(s) (ms) | tract {tr['latency_ms']:.0f} | TensorFlow {tfr['latency_ms']:.0f} | {tr['latency_ms']/tfr['latency_ms']:.2f} |",
- f"| peak memory, {threads_list[-1]} thread(s) (MiB) | tract {tr['peak_mb']:.0f} | onnxruntime {orr['peak_mb']:.0f} | {tr['peak_mb']/orr['peak_mb']:.2f} |",
- f"| `allconv predict MODEL.onnx` (tract) on {nimages} 4096x3328 16-bit PNGs, whole command (images/s) | {nimages/apc['wall_s']:.3f} | paper pipeline process {nimages/ppc['wall_s']:.3f} | {ppc['wall_s']/apc['wall_s']:.2f}x the throughput |",
- f"| `allconv predict MODEL.h5` (libtorch) on the same images, whole command (images/s) | {nimages/ahc['wall_s']:.3f} | paper pipeline process {nimages/ppc['wall_s']:.3f} | {ppc['wall_s']/ahc['wall_s']:.2f}x the throughput |",
- f"| inner: paper pipeline's scoring loop only, after imports and model load (images/s) | | {pp['images_per_s']:.3f} | {pp['images_per_s']*apc['wall_s']/nimages:.2f} (peer / allconv whole) |",
- f"| peak memory, predict .onnx / .h5 (MiB) | {apc['peak_mb']:.0f} / {ahc['peak_mb']:.0f} | paper pipeline {ppc['peak_mb']:.0f} | {apc['peak_mb']/ppc['peak_mb']:.2f} / {ahc['peak_mb']/ppc['peak_mb']:.2f} |",
+t = threads_list[-1]
+tr, orr = j(f"tract_run_{t}.json"), j(f"ort_run_{t}.json")
+latency += [
+  row(f"steady state, {t} thread(s) (ms): tract vs TensorFlow on the .h5", tr["latency_ms"], tfr["latency_ms"], 0, 0),
+  row(f"peak memory, {t} thread(s) (MiB): tract vs onnxruntime", tr["peak_mb"], orr["peak_mb"], 0, 0),
 ]
-head = (f"ResNet50 + [512-512-1024]x2 whole-image model (full width, {ac['onnx_bytes']/1e6:.0f} MB ONNX), 1x1152x896x3; "
-        f"latency: median of {runs} runs after one warm-up, each runtime in its own process; whole commands: median of {whole_runs} processes; CPU: {cpu} ({ext}), {os.cpu_count()} cores; "
-        f"{tc['peer']}, {orr['peer']}, {tfr['peer']}, {pp['peer']}. " + agree)
-text = head + "\n\n" + "\n".join(rows) + "\n"
-open(os.path.join(d, "table.md"), "w").write(text)
-print(text)
+predict = [
+  row(f"images/s, `allconv predict MODEL.onnx` (tract) vs the paper pipeline, {nimages} images, whole commands", nimages / apc["wall_s"], nimages / ppc["wall_s"], 3, 3),
+  row(f"images/s, `allconv predict MODEL.h5` (libtorch) vs the paper pipeline, {nimages} images, whole commands", nimages / ahc["wall_s"], nimages / ppc["wall_s"], 3, 3),
+  ["images/s, the paper pipeline's scoring loop alone (after imports and model load)", None, fig(pp["images_per_s"], 3), None],
+  row("peak memory (MiB): `predict MODEL.onnx` vs the paper pipeline", apc["peak_mb"], ppc["peak_mb"], 0, 0),
+  row("peak memory (MiB): `predict MODEL.h5` vs the paper pipeline", ahc["peak_mb"], ppc["peak_mb"], 0, 0),
+]
+sample = [
+  row(f"images/s, `allconv sample-patches --jobs {os.cpu_count()}` vs the paper's script (Python 3 port), {nviews} views, whole commands", nviews / asc["wall_s"], nviews / psc["wall_s"], 2, 2),
+  row("peak memory (MiB): `allconv sample-patches` vs the paper's script", asc["peak_mb"], psc["peak_mb"], 0, 0),
+]
+tables = [
+  {"title": "Conversion: the full-width whole-image model at 1152x896", "columns": head, "rows": convert},
+  {"title": f"Inference latency at 1x1152x896x3, median of {runs} runs after one warm-up", "columns": head, "rows": latency},
+  {"title": f"Scoring {nimages} full-size 16-bit mammograms (4096x3328 PNG)", "columns": head, "rows": predict},
+  {"title": "Sampling training patches (sample_patches_combined.py's options, height 1024, patch 64)", "columns": head, "rows": sample},
+]
+peers = [tc["peer"], orr["peer"], tfr["peer"], pp["peer"]]
+path = write("bench", f"scripts/bench.sh {runs} {nimages} {whole_runs}", versions(binary, peers), tables)
+print(f"bench: wrote {path}")
 PY
+echo "bench: rendering docs/benchmarks.md"
+ALLCONV_WRITE_BENCH_TABLES=1 cargo test --quiet --test docs_figures benchmark_tables_are_the_committed_json

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The edge measurements of the README (a benchmark, not a test), in one run:
+# The edge measurements of docs/benchmarks.md (a benchmark, not a test), in one run:
 #  1. stripped binary size per target (scripts/cross.sh), beside onnxruntime's shared
 #     library for the same target (its PyPI wheel, same version as the peer) and, with
 #     ALLCONV_BENCH_TRACT_CLI=1, tract's own CLI (cargo install tract, ~15 min to build);
@@ -8,6 +8,7 @@
 #  3. time to first result (read + optimise + one run, one cold process each) and peak
 #     RSS: edge build vs full build, ONNX vs NNEF, vs onnxruntime; median of REPEATS.
 #   scripts/bench_edge.sh [THREADS] [REPEATS]
+# Results: docs/bench/bench_edge.json, then docs/benchmarks.md's tables are rendered from it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-$(nproc)}; repeats=${2:-3}
@@ -85,30 +86,41 @@ for i in $(seq "$repeats"); do
   cold "onnxruntime full.onnx" $py converters/bench_peers.py ort "$out/full.onnx" $size "$threads" 1
 done
 
-python3 - "$out" "$threads" "$repeats" <<'PY'
+python3 - "$out" "$threads" "$repeats" "$full" "$*" <<'PY'
 import json, os, statistics, sys
-d, threads, repeats = sys.argv[1:]
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
-ext = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni") if f in flags)
-rows = ["| binary | target | stripped bytes | MiB |", "|---|---|---|---|"]
+sys.path.insert(0, "scripts")
+from bench_json import fig, versions, write
+d, threads, repeats, binary, args = sys.argv[1:]
+sizes = []
 for line in open(os.path.join(d, "sizes.tsv")):
     name, target, n = line.rstrip("\n").split("\t")
-    rows.append(f"| {name} | {target} | {n} | {int(n)/2**20:.1f} |" if n.isdigit() else f"| {name} | {target} | {n} | |")
-files = ["", "| model file (1152x896) | bytes | MiB |", "|---|---|---|"]
+    sizes.append([name, target, fig(int(n) / 2**20, 1) if n.isdigit() else n])
+files = []
 for f in ("full.onnx", "full.nnef.tar", "full.nnef.tgz", "full_f16.onnx", "full_f16.nnef.tar", "full_f16.nnef.tgz"):
-    n = os.path.getsize(os.path.join(d, f))
-    files.append(f"| {f} | {n} | {n/2**20:.1f} |")
+    files.append([f, fig(os.path.getsize(os.path.join(d, f)) / 2**20, 1)])
 runs = {}
 for l in open(os.path.join(d, "first.jsonl")):
     r = json.loads(l); runs.setdefault(r["label"], []).append(r)
-med = lambda rs, k: statistics.median(r[k] for r in rs if r[k] is not None) if any(r[k] is not None for r in rs) else float("nan")
+def med(rs, k):
+    xs = [r[k] for r in rs if r[k] is not None]
+    return statistics.median(xs) if xs else None
 ort = med(runs["onnxruntime full.onnx"], "first_result_s")
-first = ["", f"| time to first result, 1x1152x896x3, {threads} threads, median of {repeats} cold processes | whole process: load, first run, one more run (s) | read + optimise (s) | time to first result: read + optimise + first run (s) | ratio to onnxruntime | peak RSS (MiB) |", "|---|---|---|---|---|---|"]
+opt = lambda x, dec: fig(x, dec) if x is not None else None
+first = []
 for label, rs in runs.items():
     f = med(rs, "first_result_s")
-    first.append(f"| {label} | {med(rs, 'wall_s'):.2f} | {med(rs, 'load_s'):.2f} | {f:.2f} | {f/ort:.2f} | {med(rs, 'peak_mb'):.0f} |")
-text = f"{cpu} ({ext}).\n\n" + "\n".join(rows + files + first) + "\n"
-open(os.path.join(d, "table.md"), "w").write(text)
-print(text)
+    first.append([label, opt(med(rs, "load_s"), 2), opt(f, 2), opt(f / ort if f is not None else None, 2), opt(med(rs, "peak_mb"), 0)])
+tables = [
+  {"title": "Stripped binaries", "columns": ["binary", "target", "MiB"], "rows": sizes},
+  {"title": "The full-width whole-image model at 1152x896, per file format", "columns": ["file", "MiB"], "rows": files},
+  {"title": f"Time to first result at 1x1152x896x3, {threads} threads, median of {repeats} cold processes",
+   "columns": ["engine and file", "read + optimise (s)", "read + optimise + first run (s)", "first run vs onnxruntime", "peak RSS (MiB)"],
+   "rows": first},
+]
+ortv = next((l.split()[1] for l in open(os.path.join(d, "sizes.tsv")) if l.startswith("onnxruntime ")), None)
+command = "scripts/bench_edge.sh" + (" " + args if args else "")
+path = write("bench_edge", command, versions(binary, ["onnxruntime " + ortv] if ortv else []), tables)
+print(f"bench_edge: wrote {path}")
 PY
+echo "bench_edge: rendering docs/benchmarks.md" >&2
+ALLCONV_WRITE_BENCH_TABLES=1 cargo test --quiet --test docs_figures benchmark_tables_are_the_committed_json

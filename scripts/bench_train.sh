@@ -2,6 +2,7 @@
 # Training throughput (a measurement, never a test): allconv finetune (libtorch, CPU) against
 # tf-keras `fit` on the same model file, the same images and the same batch, each in its own
 # process; images/s of the last (warm) epoch of each, and allconv's whole command wall time.
+# Results: docs/bench/bench_train.json, then docs/benchmarks.md's table is rendered from it.
 #   scripts/bench_train.sh [PATCH.h5] [H] [W] [IMAGES_PER_CLASS] [BATCH] [RECIPE]
 # Default: the narrow ResNet50 patch fixture re-headed with [32-32-64]x2 at 576x448. The
 # paper's full-width whole-image model at 1152x896 (RECIPE `none`: MODEL is already whole;
@@ -31,24 +32,26 @@ start=$(date +%s.%N)
 end=$(date +%s.%N)
 $py converters/bench_train_peer.py tfkeras "$out/whole.h5" "$out/data" "$h" "$w" "$batch" 2 \
   $rescale $mean 2>/dev/null | tail -1 > "$out/tfkeras.json"
-python3 - "$out" "$start" "$end" "$h" "$w" "$batch" "$n" <<'PY'
-import json, os, sys, platform
-d, start, end, h, w, batch, n = sys.argv[1:]
+python3 - "$out" "$start" "$end" "$h" "$w" "$batch" "$n" "$bin" "$*" <<'PY'
+import json, os, sys
+sys.path.insert(0, "scripts")
+from bench_json import fig, versions, write
+d, start, end, h, w, batch, n, binary, args = sys.argv[1:]
 log = [json.loads(l) for l in open(os.path.join(d, "ft", "log.jsonl"))]
 tk = json.load(open(os.path.join(d, "tfkeras.json")))
 peak = int(open(os.path.join(d, "allconv_peak_kb")).read().split()[-1]) / 1024
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 a = log[-1]["images_per_s"]
 rows = [
-  f"Training, {2*int(n)} images {h}x{w}, batch {batch}, Adam, no augmentation; {cpu}, {os.cpu_count()} cores; {tk['peer']}.",
-  "",
-  "| measure | allconv (libtorch CPU) | tf-keras fit | ratio |",
-  "|---|---|---|---|",
-  f"| images/s, warm epoch | {a:.2f} | {tk['images_per_s']:.2f} | {a / tk['images_per_s']:.2f} |",
-  f"| peak memory (MiB) | {peak:.0f} | {tk['peak_mb']:.0f} | {peak / tk['peak_mb']:.2f} |",
-  f"| data-wait share (allconv) | {log[-1]['data_wait_share']:.2f} | | |",
-  f"| `allconv finetune` whole command, 2 epochs + validation + outputs (s) | {float(end) - float(start):.1f} | | |",
+  ["images/s, warm epoch", fig(a, 2), fig(tk["images_per_s"], 2), fig(a / tk["images_per_s"], 2)],
+  ["peak memory (MiB)", fig(peak, 0), fig(tk["peak_mb"], 0), fig(peak / tk["peak_mb"], 2)],
+  ["share of the epoch spent waiting for data (allconv)", fig(log[-1]["data_wait_share"], 2), None, None],
+  ["`allconv finetune` whole command, 2 epochs + validation + outputs (s)", fig(float(end) - float(start), 1), None, None],
 ]
-open(os.path.join(d, "table.md"), "w").write("\n".join(rows) + "\n")
-print("\n".join(rows))
+title = f"Training {2 * int(n)} images {h}x{w}, batch {batch}, Adam, no augmentation"
+tables = [{"title": title, "columns": ["measure", "allconv (libtorch, CPU)", "tf-keras fit", "allconv / tf-keras"], "rows": rows}]
+command = "scripts/bench_train.sh" + (" " + args if args else "")
+path = write("bench_train", command, versions(binary, [tk["peer"]]), tables)
+print(f"bench_train: wrote {path}")
 PY
+echo "bench_train: rendering docs/benchmarks.md"
+ALLCONV_WRITE_BENCH_TABLES=1 cargo test --quiet --test docs_figures benchmark_tables_are_the_committed_json

@@ -5,8 +5,12 @@
 # genuine Keras's own outputs, and run on real mammograms (mini-MIAS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/progress.sh
+phase "setup: cmake and libtorch 2.11.0 (first time: a 531 MB torch wheel from PyPI)"
 scripts/setup.sh
-cargo build --release --quiet
+phase "cargo build --release: $(build_hint target/release)"
+cargo build --release
+phase "built; the demo follows"
 bin=target/release/allconv
 out=demo-out; mkdir -p "$out"
 
@@ -85,6 +89,22 @@ $bin finetune --patch-model-state fixtures/k208_vgg16_patch/model.h5 --block-typ
     --init-learningrate 0.001 --all-layer-multiplier 0.5 --no-augmentation \
     -o $out/finetuned/best.h5 --log $out/finetuned/log.jsonl \
     $out/synth/train $out/synth/val $out/synth/test
+
+step "9b. Evaluate the fine-tuned model on its test set: AUROC with 95% intervals, single view vs 4-flip TTA, ROC plot"
+$bin evaluate $out/finetuned/best.onnx $out/synth/test --tta \
+    --preprocess rescale=0.0000305,mean=0.5,gray --roc $out/finetuned/test_roc.png \
+    --scores $out/finetuned/test_scores.csv
+# Every number again from the per-image scores alone, with no model.
+$bin evaluate --from-scores $out/finetuned/test_scores.csv --json | head -c 300; echo
+
+step "9c. The paper's first step: sample training patches from mammograms and ROI masks"
+# A bundled synthetic set in CBIS-DDSM's layout (16-bit images, calc and mass masks);
+# tests/sample_patches.rs holds these files pixel-identical to the paper's script.
+F=fixtures/sample_patches/input
+rm -rf $out/patches
+$bin sample-patches $F/roi_mask_path.csv $F/masks $F/pat_train.txt $F/full \
+    $out/patches/train $out/patches/val \
+    --target-height 256 --patch-size 32 --nb-bkg 6 --nb-abn 4 --nb-hns 3 --val-size 0.25
 
 step "10. Every bundled fixture: Keras version, dialect, parameter count"
 for d in fixtures/*/; do

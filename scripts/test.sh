@@ -6,10 +6,13 @@
 # ALLCONV_REQUIRE_CROSS=1 makes tests/edge_cross.rs run each binary under qemu-user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/progress.sh
+phase "setup: cmake, libtorch 2.11.0 and the Python frameworks of the cross-checks (first time: several GB of wheels from PyPI)"
 scripts/setup.sh --python
 for t in ${ALLCONV_CROSS_TARGETS:-aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf x86_64-unknown-linux-musl}; do
-  echo "test.sh: edge build for $t" >&2
-  ALLCONV_CROSS_QUIET=1 scripts/cross.sh "$t" >/dev/null
+  phase "edge build for $t: $(build_hint "target/$t/edge")"
+  scripts/cross.sh "$t" >/dev/null
 done
 export ALLCONV_REQUIRE_PYTHON=1 ALLCONV_REQUIRE_CROSS=1
+phase "cargo test: build the tests ($(build_hint target/debug)), then run them"
 cargo test --all-targets "$@"

@@ -27,7 +27,8 @@ pub struct RunBench {
     pub model: String,
     pub input_shape: Vec<usize>,
     pub threads: usize,
-    /// `tract` (an ONNX or NNEF file) or `libtorch` (a Keras .h5).
+    /// `tract` (an ONNX or NNEF file), `onnxruntime` (an ONNX file, `--backend ort`) or
+    /// `libtorch` (a Keras .h5).
     pub runtime: &'static str,
     /// The file's format in tract; none for a Keras file.
     pub format: Option<crate::runtime::Format>,
@@ -179,6 +180,40 @@ pub fn bench_run(
         activation_estimate_mb: Some(model.activation_bytes() as f64 / (1u64 << 20) as f64),
         profile,
         slowest_nodes,
+    })
+}
+
+/// [`bench_run`] on ONNX Runtime (the `ort` feature): the file's own bytes in a session
+/// with `threads` intra-op threads; the same input, warm-up and timing loop. Load is
+/// reading the file and making the session (ONNX Runtime's graph optimisation included).
+#[cfg(feature = "ort")]
+pub fn bench_run_ort(
+    path: &Path,
+    input_shape: &[usize],
+    threads: usize,
+    runs: usize,
+) -> Result<RunBench> {
+    let t = Instant::now();
+    let model = crate::runtime::OrtModel::load_file(path, &[input_shape.to_vec()], threads)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let input = bench_input(input_shape);
+    model.run(&input)?;
+    let first_result_s = t.elapsed().as_secs_f64();
+    let times = time_runs(runs, || model.run(&input).map(drop))?;
+    Ok(RunBench {
+        model: path.display().to_string(),
+        input_shape: input_shape.to_vec(),
+        threads,
+        runtime: "onnxruntime",
+        format: Some(crate::runtime::Format::Onnx),
+        load_s,
+        first_result_s,
+        latency_ms: median(times),
+        runs: runs.max(1),
+        peak_mb: peak_rss_mb(),
+        activation_estimate_mb: None,
+        profile: None,
+        slowest_nodes: vec![],
     })
 }
 

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod files;
 #[cfg(feature = "keras")]
 #[doc(hidden)]
@@ -23,6 +24,7 @@ pub mod report;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod safetensors;
+pub mod sample;
 #[cfg(feature = "torch")]
 pub mod torch;
 #[cfg(feature = "torch")]

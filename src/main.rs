@@ -25,19 +25,25 @@ macro_rules! outln {
 
 mod cli;
 
+/// `allconv --version`: the version, then the tract, HDF5 and libtorch versions this build
+/// has in it and its features (written by build.rs).
+const LONG_VERSION: &str = include_str!(concat!(env!("OUT_DIR"), "/long_version.txt"));
+
 #[derive(Parser)]
 #[command(
     name = "allconv",
     version,
-    about = "Legacy Keras mammography models -> IR -> ONNX / tract"
+    long_version = LONG_VERSION,
+    about = "Legacy Keras mammography models -> IR -> ONNX / tract",
+    after_help = cli::examples::ALLCONV
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Change a bound on what one input may cost, e.g. `--limit activation-bytes=32G`
     /// (repeatable). Names: image-side, image-pixels, h5-dataset-bytes,
-    /// h5-attribute-bytes, json-bytes, json-depth, layers, activation-bytes. See the
-    /// README's "Untrusted files".
+    /// h5-attribute-bytes, json-bytes, json-depth, layers, activation-bytes. See
+    /// docs/security.md.
     #[arg(long = "limit", global = true, value_name = "NAME=VALUE")]
     limits: Vec<String>,
 }
@@ -86,27 +92,48 @@ impl ModelArgs {
 enum Command {
     /// Show what a Keras file holds: versions, layers, shapes, parameters.
     #[cfg(feature = "keras")]
+    #[command(after_help = cli::examples::INSPECT)]
     Inspect(cli::inspect::InspectArgs),
     /// Class probabilities for images (.onnx, .nnef.tgz or .h5 model); --heatmap for patch
     /// classifiers.
+    #[command(after_help = cli::examples::PREDICT)]
     Predict(predict::PredictArgs),
     /// Convert a Keras .h5 to ONNX or NNEF (format from the output extension).
     #[cfg(feature = "keras")]
+    #[command(after_help = cli::examples::CONVERT)]
     Convert(cli::convert::ConvertArgs),
+    /// A classifier on a labelled test set: AUROC with 95% intervals (bootstrap, DeLong),
+    /// single vs 4-flip TTA, operating points, ROC plot, per-image scores CSV.
+    #[command(after_help = cli::evaluate::EXAMPLES)]
+    Evaluate(Box<cli::evaluate::EvaluateArgs>),
     /// Run a model (.onnx, .nnef.tgz, or .h5 via ONNX in memory) with tract and compare to
     /// a reference or to its embedded test vectors.
+    #[command(after_help = cli::examples::VERIFY)]
     Verify(cli::verify::VerifyArgs),
     /// Measure (never assert) conversion time, tract latency and peak memory.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = cli::examples::BENCH)]
     Bench(cli::bench::BenchCmd),
     /// Patch classifier -> whole-image classifier, as the paper's add_top_layers builds it.
     #[cfg(feature = "keras")]
+    #[command(after_help = cli::examples::REHEAD)]
     Rehead(cli::rehead::ReheadArgs),
     /// Write a synthetic two-class set of 16-bit mammogram-like PNGs (to try finetune).
+    #[command(after_help = cli::examples::SYNTH)]
     Synth(cli::synth::SynthArgs),
+    /// Sample training patches from mammograms and ROI masks (the paper's
+    /// sample_patches_combined.py); mini-MIAS circles with --annotations mias:Info.txt.
+    #[command(after_help = cli::sample_patches::EXAMPLES)]
+    SamplePatches(cli::sample_patches::SamplePatchesArgs),
     /// Fine-tune on folders of labelled images: the paper's two-stage training (libtorch).
     #[cfg(feature = "torch")]
+    #[command(after_help = cli::examples::FINETUNE)]
     Finetune(Box<cli::finetune::FinetuneArgs>),
+    /// Shell completions: print the script for bash, elvish, fish, powershell or zsh.
+    #[command(after_help = cli::examples::COMPLETIONS)]
+    Completions(cli::shell::CompletionsArgs),
+    /// Man pages: print allconv.1, or write one page per command into a folder (-o).
+    #[command(after_help = cli::examples::MAN)]
+    Man(cli::shell::ManArgs),
     /// (full build only) inspect a Keras file.
     #[cfg(not(feature = "keras"))]
     Inspect(cli::FullBuildOnly),
@@ -151,11 +178,20 @@ fn fail(json: bool, err: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Check a command line without running it (tests/cli_help.rs does this for every
+    // example in the help): a bad one has already exited with clap's error above.
+    if std::env::var_os("ALLCONV_PARSE_ONLY").is_some() {
+        return ExitCode::SUCCESS;
+    }
     // Commands that run a network keep freed memory for the next run (or, in convert, for
     // the next layer of its one run): see allconv::heap.
     if matches!(
         cli.command,
-        Command::Predict(_) | Command::Bench(_) | Command::Finetune(_) | Command::Convert(_)
+        Command::Predict(_)
+            | Command::Evaluate(_)
+            | Command::Bench(_)
+            | Command::Finetune(_)
+            | Command::Convert(_)
     ) {
         allconv::heap::keep_freed_memory();
     }
@@ -179,9 +215,13 @@ fn main() -> ExitCode {
     );
     let code = match cli.command {
         Command::Predict(args) => predict::main(args),
+        Command::Evaluate(args) => cli::evaluate::main(*args),
         Command::Verify(args) => cli::verify::main(args),
         Command::Bench(cmd) => cli::bench::main(cmd),
         Command::Synth(args) => cli::synth::main(args),
+        Command::SamplePatches(args) => cli::sample_patches::main(args),
+        Command::Completions(args) => cli::shell::completions(args),
+        Command::Man(args) => cli::shell::man(args),
         #[cfg(feature = "keras")]
         Command::Inspect(args) => cli::inspect::main(args),
         #[cfg(feature = "keras")]

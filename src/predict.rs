@@ -35,8 +35,8 @@ pub struct PredictArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Runtime: `tract` (ONNX), `torch` (libtorch, Keras .h5 models only), or `auto`: torch
-    /// for a .h5 where this build has libtorch (faster on x86 CPUs: the README's
-    /// benchmark), tract otherwise.
+    /// for a .h5 where this build has libtorch (faster on x86 CPUs: docs/benchmarks.md),
+    /// tract otherwise.
     #[arg(long, default_value = "auto", value_parser = ["auto", "tract", "torch"])]
     pub backend: String,
     /// Images scored at once on tract, each on threads/jobs threads (default: one per
@@ -72,6 +72,9 @@ pub fn main(_args: PredictArgs) -> ExitCode {
 pub fn main(args: PredictArgs) -> ExitCode {
     imp::main(args)
 }
+
+#[cfg(feature = "runtime")]
+pub use imp::score_images;
 
 #[cfg(feature = "runtime")]
 mod imp {
@@ -496,6 +499,8 @@ mod imp {
     struct Row {
         file: PathBuf,
         result: Res<(Vec<f32>, [usize; 2], Option<HeatmapOut>)>,
+        /// The unflipped view's own output when host TTA ran (`result` holds the mean).
+        single: Option<Vec<f32>>,
         /// The image's values do not fit the preprocessing (scored anyway).
         warning: Option<String>,
     }
@@ -764,8 +769,9 @@ mod imp {
         (prepared, warning)
     }
 
-    /// Run the model on a prepared image's views; the mean over views, and the heatmap
-    /// (written under `name`).
+    /// Run the model on a prepared image's views; the mean over views, the heatmap
+    /// (written under `name`), and, where several views ran, the first (unflipped) view's
+    /// own output.
     fn score(
         name: &str,
         prepared: Prepared,
@@ -773,8 +779,9 @@ mod imp {
         job: &mut Job,
         budget: &MemoryBudget,
         args: &PredictArgs,
-    ) -> Res<(Vec<f32>, [usize; 2], Option<HeatmapOut>)> {
+    ) -> Res<(Vec<f32>, [usize; 2], Option<HeatmapOut>, Option<Vec<f32>>)> {
         let Prepared { img, views, shape } = prepared;
+        let mut first: Option<Vec<f32>> = None;
         let heat = m.heatmap.is_some();
         let mut acc: Vec<f32> = Vec::new();
         let mut out_shape = Vec::new();
@@ -803,6 +810,9 @@ mod imp {
                 ));
             }
             if acc.is_empty() {
+                if views.len() > 1 && !heat {
+                    first = Some(y.clone());
+                }
                 acc = y;
                 out_shape = s;
             } else {
@@ -817,7 +827,7 @@ mod imp {
         }
         let hw = [shape[0], shape[1]];
         if !heat {
-            return Ok((acc, hw, None));
+            return Ok((acc, hw, None, first));
         }
         // Heatmap: class probabilities of the image = mean of the map; write the files.
         let (mh, mw, k) = (out_shape[1], out_shape[2], out_shape[3]);
@@ -852,6 +862,7 @@ mod imp {
                 npy,
                 shape: [mh, mw, k],
             }),
+            None,
         ))
     }
 
@@ -971,16 +982,12 @@ mod imp {
         ExitCode::FAILURE
     }
 
-    pub fn main(args: PredictArgs) -> ExitCode {
-        let early = EarlyDecode::start(&args);
-        let model = match load_model(&args) {
-            Ok(m) => m,
-            Err(e) => return fail(&args, &e),
-        };
-        let plan = match plan_preprocess(&args, &model) {
-            Ok(p) => p,
-            Err(e) => return fail(&args, &e),
-        };
+    /// Every image of `args` read, preprocessed and scored: the plan in effect, one row
+    /// per image in order, and whether the model applies TTA in its graph.
+    fn score_all(args: &PredictArgs) -> Res<(Plan, Vec<Row>, bool)> {
+        let early = EarlyDecode::start(args);
+        let model = load_model(args)?;
+        let plan = plan_preprocess(args, &model)?;
         if let Some(r) = &model.heatmap {
             eprintln!(
                 "heatmap: removed {}, Dense {} applied per pixel ({} classes); overlay class {}",
@@ -990,7 +997,6 @@ mod imp {
                 args.heatmap_class.unwrap_or(r.classes.saturating_sub(1))
             );
         }
-        let mut out = String::new();
         let host_tta = args.tta && !model.in_graph_tta;
         let progress = Progress::new(args.images.len(), args.json || args.csv);
         let images = &args.images;
@@ -1041,10 +1047,14 @@ mod imp {
                         let Ok((i, (prepared, warning))) = next else {
                             break;
                         };
-                        let result = prepared
-                            .and_then(|p| score(&names[i], p, model, &mut job, budget, args));
+                        let (result, single) = match prepared
+                            .and_then(|p| score(&names[i], p, model, &mut job, budget, args))
+                        {
+                            Ok((p, hw, hm, single)) => (Ok((p, hw, hm)), single),
+                            Err(e) => (Err(e), None),
+                        };
                         let _ = scored_tx.send(());
-                        if done_tx.send((i, result, warning)).is_err() {
+                        if done_tx.send((i, result, warning, single)).is_err() {
                             break;
                         }
                     }
@@ -1052,7 +1062,7 @@ mod imp {
             }
             drop((done_tx, scored_tx));
             let mut done = 0;
-            for (i, result, warning) in done_rx {
+            for (i, result, warning, single) in done_rx {
                 let path = &images[i];
                 if let Some(w) = &warning {
                     progress.clear();
@@ -1070,6 +1080,7 @@ mod imp {
                 slots[i] = Some(Row {
                     file: path.clone(),
                     result,
+                    single,
                     warning,
                 });
                 done += 1;
@@ -1084,10 +1095,65 @@ mod imp {
                 r.unwrap_or_else(|| Row {
                     file: path.clone(),
                     result: Err("internal: the image was not scored".into()),
+                    single: None,
                     warning: None,
                 })
             })
             .collect();
+        Ok((plan, rows, model.in_graph_tta))
+    }
+
+    /// One image's scores, for `allconv evaluate`.
+    pub struct ImageScores {
+        pub file: PathBuf,
+        /// The model's output (the mean over the 4 flips with TTA), or why it failed.
+        pub probs: Res<Vec<f32>>,
+        /// With host TTA: the unflipped image's own output.
+        pub single: Option<Vec<f32>>,
+        /// The image's values do not fit the preprocessing (scored anyway).
+        pub warning: Option<String>,
+    }
+
+    /// Scores of a list of images, through the same pipeline as `allconv predict`.
+    pub struct ScoreRun {
+        /// The preprocessing in effect, as a spec, and where it came from.
+        pub preprocess: String,
+        pub preprocess_source: String,
+        /// How TTA ran (`off`, host, in-graph).
+        pub tta: String,
+        /// The model applies 4-flip TTA in its graph (ONNX metadata): no single-view scores.
+        pub in_graph_tta: bool,
+        pub images: Vec<ImageScores>,
+    }
+
+    /// `args.images` scored as `allconv predict` scores them (model loading, `--preprocess`,
+    /// `--tta`, engine, threads and read-ahead); with host TTA each image also keeps its
+    /// unflipped view's output. A failed image is a row with its error, not an `Err`.
+    pub fn score_images(args: &PredictArgs) -> Res<ScoreRun> {
+        let (plan, rows, in_graph_tta) = score_all(args)?;
+        Ok(ScoreRun {
+            preprocess: plan.spec,
+            preprocess_source: plan.source,
+            tta: plan.tta.to_string(),
+            in_graph_tta,
+            images: rows
+                .into_iter()
+                .map(|r| ImageScores {
+                    file: r.file,
+                    probs: r.result.map(|(p, _, _)| p),
+                    single: r.single,
+                    warning: r.warning,
+                })
+                .collect(),
+        })
+    }
+
+    pub fn main(args: PredictArgs) -> ExitCode {
+        let (plan, rows, _) = match score_all(&args) {
+            Ok(x) => x,
+            Err(e) => return fail(&args, &e),
+        };
+        let mut out = String::new();
         let failed = rows.iter().filter(|r| r.result.is_err()).count();
         let classes = rows
             .iter()

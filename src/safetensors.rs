@@ -1,5 +1,6 @@
-//! `graph.params` -> `.safetensors` (hand-written: 8-byte little-endian header length,
-//! JSON header, raw little-endian data; see huggingface/safetensors).
+//! `graph.params` <-> `.safetensors`, through the maintained `safetensors` crate
+//! (huggingface/safetensors: 8-byte little-endian header length, JSON header padded to 8
+//! bytes, raw little-endian data).
 //!
 //! Tensors are named `{layer_path}.{slot}` (`model_1/conv1.kernel`), f32, Keras layout
 //! with TensorFlow-oriented kernels (HWIO; Dense `(in, out)`), whatever backend the
@@ -10,7 +11,8 @@
 
 use crate::error::{Error, Result};
 use crate::ir::Graph;
-use serde_json::{json, Map, Value};
+use ::safetensors::{tensor::View, Dtype, SafeTensors};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -47,47 +49,39 @@ pub fn metadata(graph: &Graph) -> BTreeMap<String, String> {
     m
 }
 
+/// One f32 tensor of the graph as the crate's [`View`]: its bytes little-endian.
+struct F32View<'a>(&'a crate::ir::Tensor);
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.0.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        4 * self.0.data.len()
+    }
+}
+
 /// The whole `.safetensors` file in memory.
 pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
-    let mut header = Map::new();
-    header.insert(
-        "__metadata__".into(),
-        Value::Object(
-            metadata(graph)
-                .into_iter()
-                .map(|(k, v)| (k, Value::String(v)))
-                .collect(),
-        ),
-    );
-    let mut offset = 0usize;
     for (name, t) in &graph.params {
-        if t.data.len() != t.shape.iter().product::<usize>() {
+        if Some(t.data.len()) != t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
             return Err(Error::Graph(format!(
                 "tensor {name} does not match its shape"
             )));
         }
-        let end = offset + 4 * t.data.len();
-        header.insert(
-            name.clone(),
-            json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
     }
-    let mut head = serde_json::to_vec(&Value::Object(header))
-        .map_err(|e| Error::Graph(format!("safetensors header: {e}")))?;
-    // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
-    while head.len() % 8 != 0 {
-        head.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + head.len() + offset);
-    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
-    out.extend_from_slice(&head);
-    for t in graph.params.values() {
-        for x in &t.data {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    Ok(out)
+    let views = graph
+        .params
+        .iter()
+        .map(|(name, t)| (name.as_str(), F32View(t)));
+    ::safetensors::serialize(views, Some(metadata(graph).into_iter().collect()))
+        .map_err(|e| Error::Graph(format!("safetensors: {e}")))
 }
 
 /// Write `graph.params` as `.safetensors` at `path`, atomically.
@@ -109,72 +103,31 @@ pub type Parsed = (
     BTreeMap<String, crate::ir::Tensor>,
 );
 
-/// Parse a `.safetensors` file written by [`write_safetensors`] (F32 only): metadata and
-/// tensors by name. For tests and round-trip checks.
+/// Parse a `.safetensors` file (F32 tensors only, as [`write_safetensors`] writes them):
+/// metadata and tensors by name. The crate checks the header, the offsets and that the
+/// data covers the file exactly.
 pub fn read_safetensors(bytes: &[u8]) -> std::result::Result<Parsed, String> {
-    if bytes.len() < 8 {
-        return Err("shorter than the header length".into());
-    }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&bytes[..8]);
-    let n = u64::from_le_bytes(len) as usize;
-    let head = bytes
-        .get(8..8usize.checked_add(n).ok_or("header length overflows")?)
-        .ok_or("header runs past the end")?;
-    let data = &bytes[8 + n..];
-    let v: Value = serde_json::from_slice(head).map_err(|e| e.to_string())?;
-    let obj = v.as_object().ok_or("header is not an object")?;
-    let mut meta = BTreeMap::new();
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    let meta: BTreeMap<String, String> = header
+        .metadata()
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let file = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let mut tensors = BTreeMap::new();
-    for (k, e) in obj {
-        if k == "__metadata__" {
-            for (mk, mv) in e.as_object().ok_or("bad __metadata__")? {
-                meta.insert(
-                    mk.clone(),
-                    mv.as_str()
-                        .ok_or("metadata value not a string")?
-                        .to_string(),
-                );
-            }
-            continue;
+    for (name, view) in file.iter() {
+        if view.dtype() != Dtype::F32 {
+            return Err(format!("{name}: {} tensor, expected F32", view.dtype()));
         }
-        if e.get("dtype").and_then(Value::as_str) != Some("F32") {
-            return Err(format!("{k}: not F32"));
-        }
-        let shape: Vec<usize> = e
-            .get("shape")
-            .and_then(Value::as_array)
-            .ok_or(format!("{k}: no shape"))?
-            .iter()
-            .map(|d| {
-                d.as_u64()
-                    .map(|d| d as usize)
-                    .ok_or(format!("{k}: bad shape"))
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let off = e
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .ok_or(format!("{k}: no data_offsets"))?;
-        let (a, b) = match off.as_slice() {
-            [a, b] => (
-                a.as_u64().ok_or("bad offset")? as usize,
-                b.as_u64().ok_or("bad offset")? as usize,
-            ),
-            _ => return Err(format!("{k}: bad data_offsets")),
-        };
-        let raw = data
-            .get(a..b)
-            .filter(|_| a <= b)
-            .ok_or(format!("{k}: offsets out of range"))?;
-        if raw.len() != 4 * shape.iter().product::<usize>() {
-            return Err(format!("{k}: {} bytes for shape {shape:?}", raw.len()));
-        }
-        let vals = raw
+        let data = view
+            .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        tensors.insert(k.clone(), crate::ir::Tensor { shape, data: vals });
+        let t = crate::ir::Tensor::new(view.shape().to_vec(), data)
+            .map_err(|e| format!("{name}: {}", e.message()))?;
+        tensors.insert(name.to_string(), t);
     }
     Ok((meta, tensors))
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 pub enum BenchCmd {
     /// Time .h5 -> .onnx on disk (median of --repeats).
     #[cfg(feature = "keras")]
+    #[command(after_help = crate::cli::examples::BENCH_CONVERT)]
     Convert {
         #[command(flatten)]
         model: crate::ModelArgs,
@@ -20,6 +21,7 @@ pub enum BenchCmd {
     },
     /// Time tract on an .onnx or .nnef.tgz, or libtorch on a Keras .h5 (as `predict` runs
     /// it: BatchNormalization folded), at a fixed input shape, e.g. --shape 1x1152x896x3.
+    #[command(after_help = crate::cli::examples::BENCH_RUN)]
     Run {
         model: PathBuf,
         #[arg(long, value_parser = parse_size)]
@@ -35,6 +37,10 @@ pub enum BenchCmd {
         /// With --profile: how many of the slowest nodes to list.
         #[arg(long, default_value_t = 10)]
         profile_nodes: usize,
+        /// Engine: tract (.onnx, .nnef.tgz), ort (ONNX Runtime, .onnx), torch (libtorch, .h5);
+        /// default: torch for a .h5, tract otherwise.
+        #[arg(long, value_parser = ["tract", "ort", "torch"])]
+        backend: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -72,11 +78,14 @@ pub fn main(cmd: BenchCmd) -> ExitCode {
             runs,
             profile,
             profile_nodes,
+            backend,
             json,
         } => {
             let threads = threads.unwrap_or_else(allconv::runtime::default_threads);
             let keras = model.extension().is_some_and(|e| e == "h5" || e == "hdf5");
-            let r = if keras {
+            let r = if let Some(r) = check_backend(&model, keras, backend.as_deref(), profile) {
+                r.and_then(|()| run_ort(&model, &shape, threads, runs))
+            } else if keras {
                 run_keras(&model, &shape, threads, runs, profile)
             } else {
                 bench_run(
@@ -110,6 +119,56 @@ pub fn main(cmd: BenchCmd) -> ExitCode {
         }
         Ok((Err(e), _)) => fail(json, e),
         Err(e) => fail(json, e),
+    }
+}
+
+/// `--backend` against the file: `None` where the default path applies (tract, or libtorch
+/// for a .h5), `Some(Ok)` to run ONNX Runtime, `Some(Err)` for a mismatch.
+fn check_backend(
+    model: &std::path::Path,
+    keras: bool,
+    backend: Option<&str>,
+    profile: bool,
+) -> Option<allconv::Result<()>> {
+    let bad = |m: &str| {
+        Some(Err(allconv::Error::Other(format!(
+            "{}: {m}",
+            model.display()
+        ))))
+    };
+    match (backend, keras) {
+        (None, _) | (Some("tract"), false) | (Some("torch"), true) => None,
+        (Some("tract"), true) => {
+            bad("--backend tract runs .onnx and .nnef.tgz files; convert the .h5 first")
+        }
+        (Some("torch"), false) => bad("--backend torch runs Keras .h5 files"),
+        (Some("ort"), true) => bad("--backend ort runs .onnx files; convert the .h5 first"),
+        (Some("ort"), false) if profile => {
+            bad("--profile times tract's nodes; use --backend tract")
+        }
+        (Some("ort"), false) => Some(Ok(())),
+        (Some(other), _) => bad(&format!("unknown --backend {other}")),
+    }
+}
+
+/// An ONNX file on ONNX Runtime, where this build has it.
+fn run_ort(
+    model: &std::path::Path,
+    shape: &[usize],
+    threads: usize,
+    runs: usize,
+) -> allconv::Result<allconv::bench::RunBench> {
+    allconv::runtime::Engine::ort()?;
+    #[cfg(feature = "ort")]
+    {
+        allconv::bench::bench_run_ort(model, shape, threads, runs)
+    }
+    #[cfg(not(feature = "ort"))]
+    {
+        let _ = (model, shape, threads, runs);
+        Err(allconv::Error::Other(
+            "ONNX Runtime is not in this build".into(),
+        ))
     }
 }
 

@@ -197,6 +197,8 @@ struct Summary {
     best_val_auroc: Option<f64>,
     test_auroc: Option<f64>,
     test_auroc_tta: Option<f64>,
+    /// The test set through `allconv::eval` (single view and 4-flip TTA, 95% intervals).
+    test_report: Option<allconv::eval::EvalReport>,
     outputs: Vec<String>,
     resumed_after: Option<usize>,
 }
@@ -509,37 +511,91 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
         write_h5_from_graph(&result.last, &p)?;
         outputs.push(p.display().to_string());
     }
-    // Validation and test ROC curves, test AUROC with and without 4-flip TTA (best model).
+    // Validation and test sets through allconv::eval (as `allconv evaluate` reports them):
+    // ROC plots with bootstrap bands and operating points; the test set's metrics with
+    // 95% intervals, single view and 4-flip TTA, and its per-image scores CSV.
     let best_model = allconv::train::TrainModel::new(&result.best, device, opts.flavour)?;
-    let v = predict(&best_model, &val, opts.eval_batch, false)?;
-    let roc =
-        |p: &allconv::train::fit::Predictions, name: &str| -> allconv::Result<Option<String>> {
-            let n = p.probs.first().map(Vec::len).unwrap_or(0);
-            let scores: Vec<f32> = p.probs.iter().map(|x| *x.last().unwrap_or(&0.0)).collect();
-            let pos: Vec<bool> = p.labels.iter().map(|&l| l + 1 == n).collect();
-            if allconv::data::roc::auroc(&scores, &pos).is_err() {
-                return Ok(None);
-            }
-            let path = out.with_file_name(format!(
-                "{}_{name}_roc.png",
-                out.file_stem()
-                    .map(|s| s.to_string_lossy().to_string())
-                    .unwrap_or_default()
-            ));
-            allconv::data::roc::write_roc_png(
-                &allconv::data::roc::roc_curve(&scores, &pos),
-                &path,
-                256,
-            )?;
-            Ok(Some(path.display().to_string()))
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let table = |ds: &Dataset,
+                 single: &allconv::train::fit::Predictions,
+                 tta: Option<&allconv::train::fit::Predictions>| {
+        let widen = |p: &allconv::train::fit::Predictions| -> Vec<Vec<f64>> {
+            p.probs
+                .iter()
+                .map(|r| r.iter().map(|&v| f64::from(v)).collect())
+                .collect()
         };
-    outputs.extend(roc(&v, "val")?);
-    let (mut test_auroc, mut test_auroc_tta) = (None, None);
+        let samples = ds.samples();
+        allconv::eval::ScoreTable {
+            classes: a.class_list.clone(),
+            paths: (0..single.labels.len())
+                .map(|i| match samples.get(i) {
+                    Some(s) if samples.len() == single.labels.len() => s.path.display().to_string(),
+                    _ => format!("#{i}"),
+                })
+                .collect(),
+            labels: single.labels.clone(),
+            probs: widen(single),
+            probs_tta: tta.map(widen),
+        }
+    };
+    let eval_opts = allconv::eval::EvalOptions {
+        positive_class: a.class_list.last().cloned(),
+        seed: a.seed,
+        ..Default::default()
+    };
+    // The report and its ROC plot; `None` where the set lacks a class (no AUROC).
+    let report = |t: &allconv::eval::ScoreTable,
+                  name: &str,
+                  outputs: &mut Vec<String>|
+     -> allconv::Result<Option<allconv::eval::EvalReport>> {
+        let Ok(r) = allconv::eval::evaluate(t, &eval_opts) else {
+            return Ok(None);
+        };
+        let Some(b) = &r.binary else {
+            return Ok(Some(r));
+        };
+        let path = out.with_file_name(format!("{stem}_{name}_roc.png"));
+        let mut series = vec![allconv::eval::plot::RocSeries {
+            name: if b.tta.is_some() {
+                "single view"
+            } else {
+                "model"
+            }
+            .into(),
+            report: &b.single,
+        }];
+        if let Some(t) = &b.tta {
+            series.push(allconv::eval::plot::RocSeries {
+                name: "4-flip TTA".into(),
+                report: t,
+            });
+        }
+        let title = format!(
+            "{name} ROC: {} ({} positive, {} negative)",
+            b.positive_class, b.positives, b.negatives
+        );
+        allconv::eval::plot::write_roc_png(&path, &title, &series, b.target_specificity)?;
+        outputs.push(path.display().to_string());
+        Ok(Some(r))
+    };
+    let v = predict(&best_model, &val, opts.eval_batch, false)?;
+    report(&table(&val, &v, None), "val", &mut outputs)?;
+    let (mut test_auroc, mut test_auroc_tta, mut test_report) = (None, None, None);
     if let Some(t) = &test {
         let p = predict(&best_model, t, opts.eval_batch, false)?;
-        test_auroc = p.auroc();
-        outputs.extend(roc(&p, "test")?);
-        test_auroc_tta = predict(&best_model, t, opts.eval_batch, true)?.auroc();
+        let p_tta = predict(&best_model, t, opts.eval_batch, true)?;
+        let scores = table(t, &p, Some(&p_tta));
+        let csv = out.with_file_name(format!("{stem}_test_scores.csv"));
+        scores.write_csv(&csv)?;
+        outputs.push(csv.display().to_string());
+        test_report = report(&scores, "test", &mut outputs)?;
+        let bin = test_report.as_ref().and_then(|r| r.binary.as_ref());
+        test_auroc = bin.map(|b| b.single.auroc);
+        test_auroc_tta = bin.and_then(|b| b.tta.as_ref()).map(|t| t.auroc);
     }
     Ok(Summary {
         model: model_label,
@@ -552,6 +608,7 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
         best_val_auroc: result.best_val_auroc,
         test_auroc,
         test_auroc_tta,
+        test_report,
         outputs,
         resumed_after: result.resumed_after,
     })

@@ -3,6 +3,8 @@
 pub mod bench;
 #[cfg(feature = "keras")]
 pub mod convert;
+pub mod evaluate;
+pub mod examples;
 #[cfg(feature = "torch")]
 pub mod finetune;
 #[cfg(feature = "keras")]
@@ -10,6 +12,8 @@ pub mod inspect;
 pub mod progress;
 #[cfg(feature = "keras")]
 pub mod rehead;
+pub mod sample_patches;
+pub mod shell;
 pub mod synth;
 pub mod verify;
 

@@ -14,8 +14,9 @@ pub struct VerifyArgs {
     /// io.npz with input, output and layer/* (required for .h5).
     #[arg(long)]
     reference: Option<PathBuf>,
-    /// Runtime to check: tract (the ONNX export) or torch (the libtorch lowering).
-    #[arg(long, default_value = "tract", value_parser = ["tract", "torch"])]
+    /// Runtime to check: tract (the ONNX export), ort (ONNX Runtime on an .onnx file) or
+    /// torch (the libtorch lowering).
+    #[arg(long, default_value = "tract", value_parser = ["tract", "ort", "torch"])]
     backend: String,
     /// Device for --backend torch: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
@@ -40,7 +41,7 @@ pub struct VerifyArgs {
     /// libtorch); the folded convolutions' own outputs are not compared.
     #[arg(long)]
     fold_bn: bool,
-    /// Threads for tract (default: every available core).
+    /// Threads for tract or ONNX Runtime (default: every available core).
     #[arg(long)]
     threads: Option<usize>,
     #[arg(long)]
@@ -163,6 +164,21 @@ pub fn main(a: VerifyArgs) -> ExitCode {
         .is_some_and(|e| e.eq_ignore_ascii_case("h5") || e.eq_ignore_ascii_case("hdf5"));
     if a.isolated || is_h5 {
         return verify_keras_cmd(&a, &opts);
+    }
+    if a.backend == "ort" {
+        if is_h5 || a.isolated {
+            return fail(
+                json,
+                format!(
+                    "{}: --backend ort runs an .onnx file; convert the model first (allconv convert X.h5 -o X.onnx)",
+                    a.model.model.display()
+                ),
+            );
+        }
+        let r = allconv::runtime::Engine::ort().and_then(|engine| {
+            allconv::verify::verify_onnx_with(&a.model.model, a.reference.as_deref(), &opts, engine)
+        });
+        return verify_exit(json, r);
     }
     let r = verify_onnx(&a.model.model, a.reference.as_deref(), &opts);
     verify_exit(json, r)

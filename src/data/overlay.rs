@@ -19,6 +19,9 @@ pub struct OverlayOptions {
     pub max_alpha: f32,
     /// Probabilities below this are not drawn at all.
     pub threshold: f32,
+    /// Draw the colour scale (probability 0 to 1, with the map's highest value marked)
+    /// in the image's top-right corner; images under 96 pixels a side get none.
+    pub legend: bool,
 }
 
 impl Default for OverlayOptions {
@@ -26,6 +29,7 @@ impl Default for OverlayOptions {
         OverlayOptions {
             max_alpha: 0.6,
             threshold: 0.0,
+            legend: true,
         }
     }
 }
@@ -117,7 +121,15 @@ pub fn write_overlay(
     heat_shape: (usize, usize),
     opts: &OverlayOptions,
 ) -> Result<(), DataError> {
-    let rgb = render_overlay(img, heat, heat_shape, opts)?;
+    let mut rgb = render_overlay(img, heat, heat_shape, opts)?;
+    if opts.legend {
+        let max = heat
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0f32, |m, &v| m.max(v));
+        draw_colour_scale(&mut rgb, img.width, img.height, max.clamp(0.0, 1.0), opts)
+            .map_err(|e| DataError::Invalid(format!("overlay: {e}")))?;
+    }
     let io = |source: std::io::Error, p: &Path| DataError::Io {
         path: p.to_path_buf(),
         source,
@@ -146,6 +158,85 @@ pub fn write_overlay(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// The colour scale drawn into an overlay (`rgb`: `width x height x 3`): a vertical bar
+/// of the jet map from probability 0 (bottom) to 1 (top), each colour at the blend weight
+/// the overlay gives it over black, ticks at 0, 0.5 and 1, a white line at `max` (the
+/// map's highest probability) and `max 0.123` under the bar.
+pub fn draw_colour_scale(
+    rgb: &mut [u8],
+    width: usize,
+    height: usize,
+    max: f32,
+    opts: &OverlayOptions,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    if width < 96 || height < 96 || rgb.len() != width * height * 3 {
+        return Ok(());
+    }
+    crate::eval::plot::register_font().map_err(|e| e.to_string())?;
+    let font = (height / 32).clamp(10, 28) as i32;
+    let bar_w = (width / 40).clamp(6, 32) as i32;
+    let bar_h = (height as i32 * 2 / 5).max(40);
+    let label_w = font * 9 / 2;
+    let pad = font / 2 + 2;
+    let (x1, y0) = (width as i32 - pad, pad + font / 2);
+    let x0 = x1 - bar_w;
+    let y1 = y0 + bar_h;
+    let to_y = |p: f32| y1 - (p * bar_h as f32).round() as i32;
+    let root = BitMapBackend::with_buffer(rgb, (width as u32, height as u32)).into_drawing_area();
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    // A panel behind the bar and its labels keeps them legible over any image.
+    root.draw(&Rectangle::new(
+        [
+            (x0 - label_w - pad, y0 - font / 2 - 2),
+            (width as i32 - 1, y1 + font / 2 + 2),
+        ],
+        RGBColor(0, 0, 0).mix(0.55).filled(),
+    ))
+    .map_err(|x| e(&x))?;
+    for y in y0..=y1 {
+        let p = (y1 - y) as f32 / bar_h as f32;
+        let a = opts.max_alpha.clamp(0.0, 1.0) * p;
+        let c = jet(p).map(|v| (v * a * 255.0).round().clamp(0.0, 255.0) as u8);
+        root.draw(&PathElement::new(
+            [(x0, y), (x1, y)],
+            RGBColor(c[0], c[1], c[2]),
+        ))
+        .map_err(|x| e(&x))?;
+    }
+    root.draw(&Rectangle::new([(x0, y0), (x1, y1)], WHITE.stroke_width(1)))
+        .map_err(|x| e(&x))?;
+    let style = TextStyle::from((crate::eval::plot::FAMILY, font).into_font())
+        .color(&WHITE)
+        .pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Right,
+            plotters::style::text_anchor::VPos::Center,
+        ));
+    for (p, label) in [(0.0, "0"), (0.5, "0.5"), (1.0, "1")] {
+        let y = to_y(p);
+        root.draw(&PathElement::new([(x0 - 4, y), (x0, y)], WHITE))
+            .map_err(|x| e(&x))?;
+        root.draw(&Text::new(label.to_string(), (x0 - 6, y), style.clone()))
+            .map_err(|x| e(&x))?;
+    }
+    let y = to_y(max);
+    root.draw(&PathElement::new(
+        [(x0 - 2, y), (x1 + 2, y)],
+        WHITE.stroke_width(2),
+    ))
+    .map_err(|x| e(&x))?;
+    let below = TextStyle::from((crate::eval::plot::FAMILY, font).into_font())
+        .color(&WHITE)
+        .pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Right,
+            plotters::style::text_anchor::VPos::Top,
+        ));
+    root.draw(&Text::new(format!("max {max:.3}"), (x1, y1 + 4), below))
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
 }
 
 fn temp_path(path: &Path) -> PathBuf {

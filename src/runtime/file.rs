@@ -126,6 +126,26 @@ impl ModelFile {
     }
 }
 
+#[cfg(feature = "ort")]
+impl ModelFile {
+    /// The ONNX model in an ONNX Runtime session, one shape per input (batch included). The
+    /// bytes handed to ONNX Runtime are the parsed model written back (what tract reads);
+    /// to run a file's own bytes use [`super::OrtModel::load_file`].
+    pub fn load_ort(&self, input_shapes: &[Vec<usize>], threads: usize) -> Result<super::OrtModel> {
+        use prost::Message;
+        let named = |e: Error| Error::Other(format!("{}: {e}", self.path.display()));
+        match &self.parsed {
+            Parsed::Onnx(proto) => {
+                super::OrtModel::load_multi(&proto.encode_to_vec(), input_shapes, threads)
+                    .map_err(named)
+            }
+            Parsed::Nnef(_) => Err(named(Error::Other(
+                "ONNX Runtime runs ONNX files; an NNEF file runs on tract (--backend tract)".into(),
+            ))),
+        }
+    }
+}
+
 /// Declared dims of one ONNX graph input (`None`: symbolic or absent).
 fn onnx_dims(v: &pb::ValueInfoProto) -> Vec<Option<usize>> {
     use pb::tensor_shape_proto::dimension::Value;

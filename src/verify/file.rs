@@ -1,12 +1,13 @@
-//! Verify a model file (ONNX or NNEF) with tract: against a reference `io.npz`, or
-//! against the test vectors embedded at conversion. Needs only the runtime (edge build).
+//! Verify a model file (ONNX or NNEF) with tract (or ONNX Runtime, `ort` feature): against
+//! a reference `io.npz`, or against the test vectors embedded at conversion. Needs only the
+//! runtime (edge build).
 
 use super::npz::read_npz;
 use super::{compare, TensorCmp, CROSS_RUNTIME_ATOL, DEFAULT_ATOL, DEFAULT_RTOL};
 use crate::error::{Error, Result};
 use crate::meta::{self, Array};
 use crate::passes::{FoldReport, SubsampleReport};
-use crate::runtime::ModelFile;
+use crate::runtime::{Engine, ModelFile, Output};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -149,6 +150,22 @@ pub fn verify_onnx(
     reference: Option<&Path>,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
+    verify_onnx_with(model, reference, opts, Engine::Tract)
+}
+
+/// [`verify_onnx`] on the chosen engine: tract, or ONNX Runtime (`ort` feature; the file's
+/// own bytes, ONNX only). Held to the same bounds; a vector another runtime made at
+/// conversion (tract's or libtorch's) is held to the cross-runtime bound.
+pub fn verify_onnx_with(
+    model: &Path,
+    reference: Option<&Path>,
+    opts: &VerifyOptions,
+    engine: Engine,
+) -> Result<VerifyReport> {
+    if engine == Engine::Ort {
+        // The library first: its absence is the error to report, whatever the file.
+        ort_library()?;
+    }
     let file = ModelFile::open(model)?;
     let mut atol = opts.atol;
     let (inputs, want, ref_label) = match reference {
@@ -179,14 +196,16 @@ pub fn verify_onnx(
                 Some(e) => format!("; float16 weights, {e} from genuine Keras at conversion"),
                 None => String::new(),
             };
-            let label = if src == SELF_RUN {
+            let label = if src == SELF_RUN && engine != Engine::Tract {
+                format!("embedded test vectors (tract's output at conversion: {}'s run of the file against another runtime, held to the cross-runtime bound; not parity with Keras{f16})", engine.name())
+            } else if src == SELF_RUN {
                 format!("embedded test vectors (tract's own output at conversion: a regression check, not parity with Keras{f16})")
             } else if src == TORCH_RUN {
-                "embedded test vectors (libtorch's output at conversion on allconv's graph of the Keras model: tract's run of the file against another runtime, held to the cross-runtime bound; not parity with Keras)".to_string()
+                format!("embedded test vectors (libtorch's output at conversion on allconv's graph of the Keras model: {}'s run of the file against another runtime, held to the cross-runtime bound; not parity with Keras)", engine.name())
             } else {
                 format!("embedded test vectors ({src})")
             };
-            if src == TORCH_RUN {
+            if src == TORCH_RUN || (src == SELF_RUN && engine != Engine::Tract) {
                 let scale = o.data.iter().fold(1f32, |m, v| m.max(v.abs()));
                 atol = atol.max(CROSS_RUNTIME_ATOL * scale);
             }
@@ -195,8 +214,10 @@ pub fn verify_onnx(
     };
     let shapes: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape.clone()).collect();
     let data: Vec<&[f32]> = inputs.iter().map(|a| a.data.as_slice()).collect();
-    let m = file.load(&shapes, opts.threads)?;
-    let outs = m.run_multi(&data)?;
+    let outs = match engine {
+        Engine::Tract => file.load(&shapes, opts.threads)?.run_multi(&data)?,
+        Engine::Ort => run_ort(&file, model, &shapes, &data, opts.threads)?,
+    };
     let o = outs
         .first()
         .ok_or_else(|| Error::Other("the model has no output".into()))?;
@@ -212,7 +233,7 @@ pub fn verify_onnx(
     Ok(VerifyReport {
         model: model.display().to_string(),
         reference: ref_label,
-        backend: "tract".into(),
+        backend: engine.name().into(),
         atol,
         rtol: opts.rtol,
         max_abs_err: max_err(&outputs),
@@ -224,4 +245,46 @@ pub fn verify_onnx(
         folded: None,
         subsampled: None,
     })
+}
+
+#[cfg(feature = "ort")]
+fn ort_library() -> Result<()> {
+    crate::runtime::ort::library().map(drop)
+}
+
+#[cfg(not(feature = "ort"))]
+fn ort_library() -> Result<()> {
+    Engine::ort().map(drop)
+}
+
+/// The file's own bytes on ONNX Runtime.
+#[cfg(feature = "ort")]
+fn run_ort(
+    file: &ModelFile,
+    model: &Path,
+    shapes: &[Vec<usize>],
+    data: &[&[f32]],
+    threads: usize,
+) -> Result<Vec<Output>> {
+    if file.format != crate::runtime::Format::Onnx {
+        return Err(Error::Other(format!(
+            "{}: ONNX Runtime runs ONNX files; an NNEF file runs on tract (--backend tract)",
+            model.display()
+        )));
+    }
+    crate::runtime::OrtModel::load_file(model, shapes, threads)?
+        .run_multi(data)
+        .map_err(|e| Error::Other(format!("{}: {e}", model.display())))
+}
+
+#[cfg(not(feature = "ort"))]
+fn run_ort(
+    _file: &ModelFile,
+    _model: &Path,
+    _shapes: &[Vec<usize>],
+    _data: &[&[f32]],
+    _threads: usize,
+) -> Result<Vec<Output>> {
+    Engine::ort()?;
+    Err(Error::Other("ONNX Runtime is not in this build".into()))
 }
