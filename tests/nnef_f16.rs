@@ -13,20 +13,7 @@ mod common;
 
 use allconv::runtime::ModelFile;
 use allconv::verify::{convert, verify_onnx, ConvertOptions, VerifyOptions};
-use std::path::{Path, PathBuf};
-
-/// Fixtures with one input and a genuine-Keras `io.npz`.
-fn cases() -> Vec<PathBuf> {
-    common::model_fixtures()
-        .into_iter()
-        .filter(|d| d.join("io.npz").is_file())
-        .filter(|d| {
-            let refs = allconv::verify::npz::read_npz(&d.join("io.npz")).unwrap();
-            // One input: embedded test vectors hold one (multi-input models refuse them).
-            refs.contains_key("input") && !refs.contains_key("input_1")
-        })
-        .collect()
-}
+use std::path::Path;
 
 fn convert_to(dir: &Path, out: &Path, f16: bool) -> allconv::verify::ConvertReport {
     let (model, read) = common::read_options(dir);
@@ -85,7 +72,7 @@ fn run_with_rounded_weights(onnx: &Path, input: &allconv::meta::Array) -> Vec<f3
 fn nnef_and_f16_match_genuine_keras_on_every_fixture() {
     let tmp = std::env::temp_dir().join(format!("allconv_nnef_{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let cases = cases();
+    let cases = common::single_input_keras_fixtures();
     assert!(
         cases.len() >= 30,
         "only {} fixtures with io.npz",

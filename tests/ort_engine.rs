@@ -45,18 +45,6 @@ fn tmp_dir(tag: &str) -> PathBuf {
     d
 }
 
-/// Fixtures with one input and a genuine-Keras `io.npz` (embedded vectors hold one input).
-fn cases() -> Vec<PathBuf> {
-    common::model_fixtures()
-        .into_iter()
-        .filter(|d| d.join("io.npz").is_file())
-        .filter(|d| {
-            let refs = allconv::verify::npz::read_npz(&d.join("io.npz")).unwrap();
-            refs.contains_key("input") && !refs.contains_key("input_1")
-        })
-        .collect()
-}
-
 /// `convert DIR/model.h5 -o out --reference DIR/io.npz`: Keras's vector embedded.
 fn convert_to(dir: &Path, out: &Path) {
     let (model, read) = common::read_options(dir);
@@ -83,7 +71,7 @@ fn ort_meets_genuine_keras_and_agrees_with_tract_on_every_fixture() {
         return;
     }
     let tmp = tmp_dir("fixtures");
-    let cases = cases();
+    let cases = common::single_input_keras_fixtures();
     assert!(
         cases.len() >= 30,
         "only {} fixtures with io.npz",

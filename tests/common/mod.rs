@@ -361,3 +361,16 @@ pub fn onnx_vs_h5(onnx: &Path, h5: &Path, hw: (usize, usize)) -> f32 {
         .fold(0f32, f32::max)
         / range
 }
+
+/// Fixtures with a genuine-Keras `io.npz` and one input (a file's embedded test vectors
+/// hold one input; multi-input models refuse them).
+pub fn single_input_keras_fixtures() -> Vec<PathBuf> {
+    model_fixtures()
+        .into_iter()
+        .filter(|d| d.join("io.npz").is_file())
+        .filter(|d| {
+            let refs = allconv::verify::npz::read_npz(&d.join("io.npz")).expect("io.npz");
+            refs.contains_key("input") && !refs.contains_key("input_1")
+        })
+        .collect()
+}
