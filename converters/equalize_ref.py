@@ -18,9 +18,8 @@ import os
 import cv2
 import numpy as np
 
-# OpenCV's own (portable) resize, as converters/opencv_ref.py: x86 wheels otherwise route
-# INTER_CUBIC through Intel IPP, whose weights differ by up to 1 grey level after rounding.
-cv2.ipp.setUseIPP(False)
+# dm_image.read_resize_img, ported once (with IPP off) beside the sampler's port.
+from sample_patches_ref import read_resize_img
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGES = os.path.join(HERE, "..", "fixtures", "images")
@@ -35,25 +34,12 @@ CASES = [
 ]
 
 
-def read_resize_img(fname, target_size, target_scale=None, rescale_factor=None):
-    # dm_image.read_resize_img, non-DICOM branch, gs_255=False.
-    img = cv2.imread(fname, cv2.IMREAD_UNCHANGED)
-    target_height, target_width = target_size
-    if (target_height, target_width) != img.shape:
-        img = cv2.resize(img, dsize=(target_width, target_height), interpolation=cv2.INTER_CUBIC)
-    img = img.astype("float32")
-    if target_scale is not None:
-        img_max = img.max() if img.max() != 0 else target_scale
-        img *= target_scale / img_max
-    if rescale_factor is not None:
-        img *= rescale_factor
-    return img
-
-
 def main():
     out = {}
     for name, file, size, ts, rescale in CASES:
-        img = read_resize_img(os.path.join(IMAGES, file), size, ts, rescale)
+        img = read_resize_img(
+            os.path.join(IMAGES, file), target_size=size, target_scale=ts, rescale_factor=rescale
+        )
         out[f"eq/{name}"] = cv2.equalizeHist(img.astype("uint8"))
         out[f"params/{name}"] = np.array(
             [size[0], size[1], ts or 0.0, rescale if rescale is not None else 1.0], dtype=np.float64

@@ -145,42 +145,75 @@ pub fn bench_run(
     runs: usize,
     profile_nodes: Option<usize>,
 ) -> Result<RunBench> {
-    let t = Instant::now();
-    let file = ModelFile::open(path)?;
-    let model = file.load(&[input_shape.to_vec()], threads)?;
-    let load_s = t.elapsed().as_secs_f64();
-    let format = file.format;
-    drop(file);
-    let input = bench_input(input_shape);
-    model.run(&input)?;
-    let first_result_s = t.elapsed().as_secs_f64();
-    let times = time_runs(runs, || model.run(&input).map(drop))?;
-    let (profile, slowest_nodes) = if let Some(keep) = profile_nodes {
+    let mut format = None;
+    let (model, input, mut report) = timed(
+        path,
+        input_shape,
+        threads,
+        runs,
+        "tract",
+        || {
+            let file = ModelFile::open(path)?;
+            format = Some(file.format);
+            Ok((
+                file.load(&[input_shape.to_vec()], threads)?,
+                input_shape.to_vec(),
+            ))
+        },
+        |model, input| model.run(input).map(drop),
+    )?;
+    report.format = format;
+    report.activation_estimate_mb = Some(model.activation_bytes() as f64 / (1u64 << 20) as f64);
+    if let Some(keep) = profile_nodes {
         let runs = (0..runs.max(1))
             .map(|_| model.profile(&input))
             .collect::<Result<Vec<_>>>()?;
         let mut slowest = runs[0].clone();
         slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
         slowest.truncate(keep);
-        (Some(per_op(&runs)), slowest)
-    } else {
-        (None, vec![])
-    };
-    Ok(RunBench {
+        report.profile = Some(per_op(&runs));
+        report.slowest_nodes = slowest;
+        report.peak_mb = peak_rss_mb();
+    }
+    Ok(report)
+}
+
+/// The timing every engine's bench shares: `load` (the load time; it returns the model and
+/// the shape it is fed), one cold run of `run` on [`bench_input`] of that shape (time to
+/// first result, from the start), then `runs` timed runs. Returns the model and its input
+/// for engine-specific extras, and the report with those extras unset.
+fn timed<M>(
+    path: &Path,
+    input_shape: &[usize],
+    threads: usize,
+    runs: usize,
+    runtime: &'static str,
+    load: impl FnOnce() -> Result<(M, Vec<usize>)>,
+    run: impl Fn(&M, &[f32]) -> Result<()>,
+) -> Result<(M, Vec<f32>, RunBench)> {
+    let t = Instant::now();
+    let (model, fed_shape) = load()?;
+    let load_s = t.elapsed().as_secs_f64();
+    let input = bench_input(&fed_shape);
+    run(&model, &input)?;
+    let first_result_s = t.elapsed().as_secs_f64();
+    let times = time_runs(runs, || run(&model, &input))?;
+    let report = RunBench {
         model: path.display().to_string(),
         input_shape: input_shape.to_vec(),
         threads,
-        runtime: "tract",
-        format: Some(format),
+        runtime,
+        format: None,
         load_s,
         first_result_s,
         latency_ms: median(times),
         runs: runs.max(1),
         peak_mb: peak_rss_mb(),
-        activation_estimate_mb: Some(model.activation_bytes() as f64 / (1u64 << 20) as f64),
-        profile,
-        slowest_nodes,
-    })
+        activation_estimate_mb: None,
+        profile: None,
+        slowest_nodes: vec![],
+    };
+    Ok((model, input, report))
 }
 
 /// [`bench_run`] on ONNX Runtime (the `ort` feature): the file's own bytes in a session
@@ -193,28 +226,21 @@ pub fn bench_run_ort(
     threads: usize,
     runs: usize,
 ) -> Result<RunBench> {
-    let t = Instant::now();
-    let model = crate::runtime::OrtModel::load_file(path, &[input_shape.to_vec()], threads)?;
-    let load_s = t.elapsed().as_secs_f64();
-    let input = bench_input(input_shape);
-    model.run(&input)?;
-    let first_result_s = t.elapsed().as_secs_f64();
-    let times = time_runs(runs, || model.run(&input).map(drop))?;
-    Ok(RunBench {
-        model: path.display().to_string(),
-        input_shape: input_shape.to_vec(),
+    let (_, _, mut report) = timed(
+        path,
+        input_shape,
         threads,
-        runtime: "onnxruntime",
-        format: Some(crate::runtime::Format::Onnx),
-        load_s,
-        first_result_s,
-        latency_ms: median(times),
-        runs: runs.max(1),
-        peak_mb: peak_rss_mb(),
-        activation_estimate_mb: None,
-        profile: None,
-        slowest_nodes: vec![],
-    })
+        runs,
+        "onnxruntime",
+        || {
+            let shapes = [input_shape.to_vec()];
+            let model = crate::runtime::OrtModel::load_file(path, &shapes, threads)?;
+            Ok((model, input_shape.to_vec()))
+        },
+        |model, input| model.run(input).map(drop),
+    )?;
+    report.format = Some(crate::runtime::Format::Onnx);
+    Ok(report)
 }
 
 /// The same pseudo-random input for every run and runtime (a fixed LCG: no dependency).
@@ -255,40 +281,26 @@ pub fn bench_run_torch(
 ) -> Result<RunBench> {
     use crate::torch::{from_host, TorchModel};
     tch::set_num_threads(threads.try_into().unwrap_or(i32::MAX));
-    let t = Instant::now();
-    let mut graph = read_model(path, &ReadOptions::default())?;
-    let mut fed_shape = input_shape.to_vec();
-    if crate::passes::fold_grey_input(&mut graph)? {
-        if let Some(c) = fed_shape.last_mut() {
-            *c = 1;
+    // The model carries the shape it is fed: one channel where the grey input folded.
+    type Fed = (TorchModel, Vec<usize>);
+    let load = || -> Result<(Fed, Vec<usize>)> {
+        let mut graph = read_model(path, &ReadOptions::default())?;
+        let mut fed = input_shape.to_vec();
+        if crate::passes::fold_grey_input(&mut graph)? {
+            if let Some(c) = fed.last_mut() {
+                *c = 1;
+            }
         }
-    }
-    let model = TorchModel::for_inference(graph, tch::Device::Cpu)?;
-    model
-        .check_activations(&fed_shape)
-        .map_err(|e| crate::error::Error::Other(format!("{}: {e}", path.display())))?;
-    let load_s = t.elapsed().as_secs_f64();
-    let input = bench_input(&fed_shape);
-    let run = || -> Result<()> {
-        let x = from_host(&fed_shape, &input, tch::Device::Cpu)?;
+        let model = TorchModel::for_inference(graph, tch::Device::Cpu)?;
+        model
+            .check_activations(&fed)
+            .map_err(|e| crate::error::Error::Other(format!("{}: {e}", path.display())))?;
+        Ok(((model, fed.clone()), fed))
+    };
+    let run = |(model, fed): &Fed, input: &[f32]| -> Result<()> {
+        let x = from_host(fed, input, tch::Device::Cpu)?;
         model.forward_t(&x, false).map(drop)
     };
-    run()?;
-    let first_result_s = t.elapsed().as_secs_f64();
-    let times = time_runs(runs, run)?;
-    Ok(RunBench {
-        model: path.display().to_string(),
-        input_shape: input_shape.to_vec(),
-        threads,
-        runtime: "libtorch",
-        format: None,
-        load_s,
-        first_result_s,
-        latency_ms: median(times),
-        runs: runs.max(1),
-        peak_mb: peak_rss_mb(),
-        activation_estimate_mb: None,
-        profile: None,
-        slowest_nodes: vec![],
-    })
+    let (_, _, report) = timed(path, input_shape, threads, runs, "libtorch", load, run)?;
+    Ok(report)
 }
