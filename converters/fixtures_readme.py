@@ -94,8 +94,9 @@ def main():
     # Reference sets that are not model fixtures (no expect.json): (dir, made by, what).
     others = [
         ("train_step", "train_step_ref.py, dropout_probe.py", "genuine `train_on_batch` steps "
-         "(tf-keras: 7 optimizers; Keras 2.0.8: sgd, adam) with L2, class/sample weights, a "
-         "frozen BN and the two-stage freeze (tests/train_step.rs)"),
+         "(tf-keras: 7 optimizers; Keras 2.0.8: sgd, adam, nadam) with L2, class/sample weights, "
+         "a frozen BN, the two-stage freeze and the three-stage patch schedule with its "
+         "dropout masks (tests/train_step.rs)"),
         ("augment", "augment_ref.py (Keras 2.0.8)", "ImageDataGenerator transforms, inputs, "
          "parameters and outputs (tests/augment_keras.rs)"),
         ("compressed", "compress_fixture.py (h5py)", "k208_conv with gzip-compressed datasets "
@@ -103,6 +104,10 @@ def main():
         ("eval", "eval_ref.py (scikit-learn, NumPy, SciPy)", "AUROC, ROC curves, a reference "
          "fast DeLong (Sun and Xu), multi-class metrics, percentiles and erfc on data with ties "
          "(tests/evaluate.rs)"),
+        ("patch_nets", "patch_nets_ref.py (Keras 2.0.8)", "`model_config` and `count_params` of "
+         "`get_dl_model`'s four patch classifiers at full width (resnet50 with and without "
+         "Dropout, vgg16, vgg19, yaroslav); their weight files are written at test time "
+         "(tests/patch_nets.rs)"),
     ]
     other_rows = []
     for d, gen, what in others:

@@ -66,3 +66,6 @@ done
 # ImageDataGenerator.random_transform on mini-MIAS crops and synthetic images.
 $K208 converters/augment_ref.py
 $K208 converters/dropout_probe.py
+for c in $($K208 converters/patch_nets_ref.py --list); do
+  $K208 converters/patch_nets_ref.py "$c" --fixture
+done

@@ -8,7 +8,11 @@ weights (end2end-all-conv `auto_batch_balance`) or `class_weight`; and the paper
 built exactly as `dm_keras_ext.create_optimizer(optim, lr)` builds them. The `*_nested_2stage`
 cases replay `do_2stage_training` on a whole-image-style model (an inner `Model` called on a new
 Input, `model.layers[:top_layer_nb]` frozen, L2 re-assigned, recompile; then unfreeze, new L2,
-recompile at lr * all_layer_multiplier).
+recompile at lr * all_layer_multiplier). The `k208_patch_3stage_*` cases replay
+`do_3stage_training(use_pretrained=True)` on a `get_dl_model`-style patch classifier (a
+Conv2D-BN-relu base, GAP, Dropout(0.5), Dense(3, softmax, l2)): the last layer, then
+`model.layers[top_layer_nb:]` with `weight_decay2` and `hidden_dropout2` re-assigned, then all
+layers, each stage a fresh optimizer (run_patch3).
 
 Each case writes fixtures/train_step/<case>/: `steps.npz`, `meta.json`, `model.h5` (the
 untrained model as that Keras saved it, before compile) and `COMMAND`. Every case starts from
@@ -38,6 +42,8 @@ Keys of steps.npz (see meta.json "keys" too):
                       input and output before step 1 (`*_sgd_balance`, `*_nested_2stage`), with
   probe1/<path>/norm_batch, norm_moving   numpy normalisations of `input` with the batch
                       statistics and with the moving statistics (float64 -> float32).
+  dropout{k}          (`*_patch_3stage_*`) the dropout layer's output / input in step k: the
+                      mask train_on_batch drew, as multipliers 0 or 1 / (1 - rate).
 """
 import json
 import os
@@ -60,6 +66,20 @@ EVIDENCE_BN = ('bn_frozen', 'patch/bn_a')   # full probe1 tensors for these laye
 ALL_LAYER_MULT = 0.1
 BN_MOMENTUM, BN_EPS = 0.99, 1e-3
 
+# k208_patch_3stage_*: do_3stage_training on a get_dl_model-style patch classifier
+P3_H, P3_W = 8, 8
+P3_LABELS = np.array([0, 1, 2, 0, 1, 0])   # 3 classes (background, malignant, benign)
+P3_TOP_LAYER_NB = 4                       # model.layers[:4] = input, conv1, bn1, relu1
+P3_WD, P3_WD2 = 0.01, 0.0001              # --weight-decay, --weight-decay2 (the paper's script)
+P3_DROP, P3_DROP2 = 0.5, 0.0              # --hidden-dropout, --hidden-dropout2
+P3_STEPS = (2, 1, 1)                      # train_on_batch calls per stage
+# init_lr, top_layer_multiplier, all_layer_multiplier. The paper's script: 0.01, 0.01, 0.0001.
+# Nadam steps a weight by about lr whatever its gradient: the paper's multipliers with
+# init_lr 1 keep stage 3 (lr 1e-4) ten times above the 1e-5 comparison bound. SGD steps by
+# 1.9 * lr * gradient: a 1e-4 ratio between stage 1 and stage 3 cannot leave stage 1 stable
+# and stage 3 visible, so its multipliers are 0.1 and 0.01.
+PATCH3 = {'sgd': (0.5, 0.1, 0.01), 'nadam': (1.0, 0.01, 0.0001)}
+
 TFK_OPTS = ["sgd", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam"]
 LR = {"sgd": 0.01, "adam": 0.01, "rmsprop": 0.01, "adagrad": 0.01, "adadelta": 1.0,
       "adamax": 0.01, "nadam": 0.01}
@@ -75,6 +95,12 @@ def cases():
         c["k208_%s_balance" % o] = ("k208", o, "balance", "flat")
     c["k208_sgd_classweight"] = ("k208", "sgd", "classweight", "flat")
     c["k208_nested_2stage"] = ("k208", "sgd", "balance", "nested")
+    for o in PATCH3:
+        c["k208_patch_3stage_%s" % o] = ("k208", o, "balance", "patch3")
+    for o in PATCH3:
+        c["k208_patch_3stage_resumed_%s" % o] = ("k208", o, "balance", "patch3_resumed")
+    c["tfk_nested_2stage_resumed"] = ("tfk", "sgd", "balance", "nested_resumed")
+    c["k208_nested_2stage_resumed"] = ("k208", "sgd", "balance", "nested_resumed")
     return c
 
 
@@ -330,10 +356,13 @@ class K208:
         rest = ws[1:]
         n = len(params)
         assert len(rest) % n == 0, (len(rest), n)
-        slots = {'SGD': ['moment'], 'Adam': ['m', 'v']}[opt.__class__.__name__]
+        slots = {'SGD': ['moment'], 'Adam': ['m', 'v'],
+                 'Nadam': ['m', 'v']}[opt.__class__.__name__]
         for s, slot in enumerate(slots):
             for (key, _), v in zip(params, rest[s * n:(s + 1) * n]):
                 out[slot + '/' + key] = np.asarray(K.get_value(v))
+        if hasattr(opt, 'm_schedule'):   # Nadam's momentum-schedule product (not in .weights)
+            out['m_schedule'] = np.asarray(K.get_value(opt.m_schedule))
         return out
 
     def opt_config(self, opt):
@@ -389,6 +418,8 @@ def l2_sum(weights, spec):
 # ----------------------------------------------------------------------------- main
 def run(case):
     fw_kind, optim, weighting, arch = cases()[case]
+    if arch in ('patch3', 'patch3_resumed'):
+        return run_patch3(case, optim, resumed=arch == 'patch3_resumed')
     fw = TFK() if fw_kind == 'tfk' else K208()
     keras = fw.keras
     K = keras.backend
@@ -418,15 +449,61 @@ def run(case):
         eff_w = np.array([CLASS_WEIGHT[int(l)] for l in LABELS], np.float64)
         arrays['class_weight_per_sample'] = eff_w.astype(np.float32)
 
-    # the untrained model, as this Keras saves it (before compile: no optimizer)
     h5 = os.path.join(d, 'model.h5')
-    if fw_kind == 'tfk':
+    resume_meta = None
+    resumed = arch == 'nested_resumed'
+    if resumed:
+        # a whole-image checkpoint saved during stage 1 (DMAucModelCheckpoint: model.save),
+        # loaded back as get_dl_model(resume_from=...) loads it
+        for layer in model.layers[:TOP_LAYER_NB]:
+            layer.trainable = False
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Dense) or isinstance(layer, keras.layers.Conv2D):
+                layer.kernel_regularizer.l2 = WD1
+        model.compile(optimizer=create_optimizer(keras.optimizers, optim, LR[optim]),
+                      loss='categorical_crossentropy', metrics=['accuracy'])
+        model.train_on_batch(x, y, **fit_kw)
+        if fw_kind == 'tfk':
+            model.save(h5, save_format='h5')
+        else:
+            model.save(h5)
+            from h5_loadback import _h5py2_strings
+            _h5py2_strings()
+        model = keras.models.load_model(h5)
+        items = weight_items(model)
+        import h5py
+        with h5py.File(h5, 'r') as f:
+            cfg = f.attrs['model_config']
+        cfg = json.loads(cfg.decode('utf-8') if isinstance(cfg, bytes) else cfg)
+        file_flags = {}
+        for l in cfg['config']['layers']:
+            file_flags[l['config']['name']] = l['config'].get('trainable')
+            for il in l['config'].get('layers', []):
+                file_flags[l['config']['name'] + '/' + il['config']['name']] = \
+                    il['config'].get('trainable')
+        built_l2 = {p + '/kernel': float(l.kernel_regularizer.l2) for p, l in walk(model)
+                    if getattr(l, 'kernel_regularizer', None) is not None}
+        resume_meta = {
+            'checkpoint': 'model.layers[:%d] trainable=False; top-level Dense/Conv2D '
+                          'kernel_regularizer.l2 = %g; compile(create_optimizer(%r, %g)); '
+                          '1 x train_on_batch; model.save; keras.models.load_model'
+                          % (TOP_LAYER_NB, WD1, optim, LR[optim]),
+            'file_trainable_flags': None,   # top-level only: see nested_file_trainable_flags
+            'nested_file_trainable_flags': file_flags,
+            'loaded_trainable_attr': {p: bool(l.trainable) for p, l in
+                                      [(l.name, l) for l in model.layers] +
+                                      [('patch/' + l.name, l)
+                                       for l in model.get_layer('patch').layers]},
+            'loaded_kernel_l2': built_l2,
+        }
+    elif fw_kind == 'tfk':
+        # the untrained model, as this Keras saves it (before compile: no optimizer)
         model.save(h5, include_optimizer=False, save_format='h5')
     else:
         model.save(h5)
 
     bn_paths = [p for p, l in walk(model) if l.__class__.__name__ == 'BatchNormalization']
-    inner = model.get_layer('patch') if arch == 'nested' else None
+    inner = model.get_layer('patch') if arch != 'flat' else None
     probe_full = weighting == 'balance' and (optim == 'sgd')
 
     # the training schedule: list of (stage, n_steps); stage setup as do_2stage_training
@@ -434,7 +511,8 @@ def run(case):
     if arch == 'flat':
         stages.append({'stage': 1, 'steps': 2, 'lr': LR[optim], 'setup': None})
     else:
-        stages.append({'stage': 1, 'steps': 2, 'lr': LR[optim], 'setup': 'stage1'})
+        stages.append({'stage': 1, 'steps': 1 if resumed else 2, 'lr': LR[optim],
+                       'setup': 'stage1'})
         stages.append({'stage': 2, 'steps': 1, 'lr': LR[optim] * ALL_LAYER_MULT,
                        'setup': 'stage2'})
 
@@ -474,6 +552,12 @@ def run(case):
                          'call': 'create_optimizer(%r, %r)' % (optim, st['lr']),
                          'config': fw.opt_config(opt),
                          'trainable_params_in_order': [k for k, _ in params]})
+        if resumed:
+            opt_meta[-1]['frozen_layers'] = [l.name for l in model.layers if not l.trainable]
+            opt_meta[-1]['model_trainable_weights'] = [
+                k for t in model.trainable_weights for k, v in items if v is t]
+            opt_meta[-1]['inner_trainable_attr'] = {
+                l.name: bool(l.trainable) for l in model.get_layer('patch').layers}
         for _ in range(st['steps']):
             step += 1
             # training-mode forward at the pre-step weights
@@ -517,7 +601,7 @@ def run(case):
                     arrays['probe1/%s/norm_moving' % p] = nm
                 bn_meta.append({'step': step, 'stage': st['stage'], 'layer': p,
                                 'layer_trainable_attr': bool(dict(walk(model))[p].trainable),
-                                'inside_frozen_model': bool(arch == 'nested' and '/' in p and
+                                'inside_frozen_model': bool(arch != 'flat' and '/' in p and
                                                             not inner.trainable),
                                 'train_output_vs_batch_norm_maxabs': e_b,
                                 'train_output_vs_moving_norm_maxabs': e_m,
@@ -559,6 +643,10 @@ def run(case):
             if arch == 'flat':
                 cands = {'as_built': {k: (L2_DENSE if k.startswith('dense') else L2_CONV)
                                       for k in kernels}}
+            elif resumed:
+                cands = {'as_built': {k: built_l2[k] for k in kernels},
+                         'as_reassigned': {k: (built_l2[k] if k.startswith('patch/')
+                                               else l2_now) for k in kernels}}
             else:
                 cands = {'as_built': {k: L2_BUILD for k in kernels},
                          'as_reassigned': {k: (L2_BUILD if k.startswith('patch/') else l2_now)
@@ -599,6 +687,9 @@ def run(case):
         findings['top bn'] = summary(lambda b: not b['layer'].startswith('patch/'))
         findings['l2_effective'] = sorted(set(r['effective'] for r in reg_meta))
         findings['patch_output_inner_graph_vs_whole_model_maxabs'] = max(nested_consistency)
+        if resumed:
+            findings['trainable_weights_per_stage'] = {
+                str(o['stage']): o['model_trainable_weights'] for o in opt_meta}
 
     n_steps = step
     meta = {
@@ -611,7 +702,10 @@ def run(case):
                    bool(l.trainable),
                    'weights': [p + '/' + var_base(v) for v in l.weights]}
                   for p, l in walk(model)],
-        'model_h5': 'model.h5: the model before compile, as this Keras saved it (w0 weights)',
+        'model_h5': ('model.h5: the stage-1 checkpoint the run resumes from, as this Keras '
+                     'saved it (w0 weights)' if resumed else
+                     'model.h5: the model before compile, as this Keras saved it (w0 weights)'),
+        'resumed_from': resume_meta,
         'frozen_before_compile': (
             ['bn_frozen (layer.trainable = False after building; so saved in model.h5)']
             if arch == 'flat' else
@@ -619,11 +713,14 @@ def run(case):
         'nested': None if arch == 'flat' else {
             'top_layer_nb': TOP_LAYER_NB,
             'stage1': 'model.layers[:2] (input, patch) trainable=False; top-level Dense/Conv2D '
-                      'kernel_regularizer.l2 = %g; compile; 2 x train_on_batch' % WD1,
+                      'kernel_regularizer.l2 = %g; compile; %d x train_on_batch'
+                      % (WD1, stages[0]['steps']),
             'stage2': 'model.layers[:2] trainable=True; l2 = %g; compile (fresh optimizer) at '
                       'lr * %g; 1 x train_on_batch' % (WD2, ALL_LAYER_MULT),
-            'l2_at_build': L2_BUILD, 'weight_decay': WD1, 'weight_decay2': WD2},
+            'l2_at_build': L2_BUILD, 'weight_decay': WD1, 'weight_decay2': WD2,
+            'init_lr': LR[optim], 'all_layer_multiplier': ALL_LAYER_MULT},
         'l2_at_build': ({'conv1': L2_CONV, 'conv2': L2_CONV, 'dense': L2_DENSE} if arch == 'flat'
+                        else {k[:-len('/kernel')]: v for k, v in built_l2.items()} if resumed
                         else {'patch/conv_a': L2_BUILD, 'conv_t': L2_BUILD, 'dense': L2_BUILD}),
         'bn': {'momentum': BN_MOMENTUM, 'epsilon': BN_EPS, 'axis': -1, 'center': True,
                'scale': True},
@@ -666,6 +763,308 @@ def run(case):
     with open(os.path.join(d, 'COMMAND'), 'w') as f:
         f.write('%s converters/train_step_ref.py %s\n' % (py, case))
     print(case, 'losses', [round(float(arrays['loss%d' % i]), 6) for i in range(1, n_steps + 1)])
+    print(json.dumps(findings, indent=1))
+
+
+def build_patch_model(keras):
+    """get_dl_model(net, nb_class=3, weight_decay, hidden_dropout): an ImageNet-style base
+    (Conv2D with bias, no regulariser -> BatchNormalization -> relu, twice) with
+    pooling='avg', then Dropout(hidden_dropout) and Dense(3, softmax, l2(weight_decay)), in
+    one flat Model (Model(input=base_model.input, output=preds) lists the base's layers)."""
+    Ls, R, M = layers_mod(keras)
+    inp = Ls.Input(shape=(P3_H, P3_W, C), name='input')
+    x = Ls.Conv2D(4, (3, 3), padding='same', name='conv1')(inp)
+    x = Ls.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPS, name='bn1')(x)
+    x = Ls.Activation('relu', name='relu1')(x)
+    x = Ls.Conv2D(4, (3, 3), padding='same', name='conv2')(x)
+    x = Ls.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPS, name='bn2')(x)
+    x = Ls.Activation('relu', name='relu2')(x)
+    x = Ls.GlobalAveragePooling2D(name='gap')(x)
+    x = Ls.Dropout(P3_DROP, name='dropout')(x)
+    out = Ls.Dense(3, activation='softmax', kernel_regularizer=R.l2(P3_WD), name='dense')(x)
+    return M.Model(inp, out, name='patch_clf')
+
+
+def softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def file_trainable_flags(h5):
+    """The `trainable` entry of every top-level layer's config in a saved model (None where
+    the config has none: Keras 2.0.8's InputLayer)."""
+    import h5py
+    with h5py.File(h5, 'r') as f:
+        cfg = f.attrs['model_config']
+    cfg = json.loads(cfg.decode('utf-8') if isinstance(cfg, bytes) else cfg)
+    return {l['config']['name']: l['config'].get('trainable') for l in cfg['config']['layers']}
+
+
+def run_patch3(case, optim, resumed=False):
+    """do_3stage_training(use_pretrained=True) with Keras 2.0.8, train_on_batch in place of
+    fit_generator. Dropout(0.5) draws its mask inside train_on_batch; the mask of each step is
+    read beforehand from a function on the same random stream that does not advance it
+    (theano.function(no_default_updates=True)), and recorded.
+
+    resumed (`k208_patch_3stage_resumed_*`): the run starts from a checkpoint saved during
+    stage 1, as the paper's `--resume-from` does: stage 1's flags set (`model.layers[:-1]`
+    trainable=False), compile, one train_on_batch, `model.save` (what ModelCheckpoint writes:
+    the `trainable: false` flags, the training config and the optimizer's weights), then
+    `keras.models.load_model` of that file (get_dl_model(resume_from=...)); the three stages
+    run on the loaded model, one train_on_batch each. model.h5 is that checkpoint."""
+    fw = K208()
+    keras, theano = fw.keras, fw.theano
+    K = keras.backend
+    init_lr, top_mult, all_mult = PATCH3[optim]
+    np.random.seed(2017)   # K.dropout seeds its random stream from numpy's global generator
+    model = build_patch_model(keras)
+    items = weight_items(model)
+    init = init_values('k208', [(k, tuple(K.int_shape(v))) for k, v in items])
+    for k, v in items:
+        val = init[k]
+        if k.endswith('/kernel') and val.ndim == 4:
+            val = val[::-1, ::-1].copy()
+        K.set_value(v, val)
+
+    d = os.path.join(OUT, case)
+    os.makedirs(d, exist_ok=True)
+    n = len(P3_LABELS)
+    x = common.make_input(np.random.RandomState(11), (n, P3_H, P3_W, C))
+    y = np.eye(3, dtype=np.float32)[P3_LABELS]
+    sw = auto_batch_balance(P3_LABELS)
+    arrays = {'x': x, 'y': y, 'labels': P3_LABELS.astype(np.int64), 'sample_weight': sw}
+    h5 = os.path.join(d, 'model.h5')
+    steps_per_stage = (1, 1, 1) if resumed else P3_STEPS
+    resume_meta = None
+    if resumed:
+        for layer in model.layers[:-1]:
+            layer.trainable = False
+        model.compile(optimizer=create_optimizer(keras.optimizers, optim, init_lr),
+                      loss='categorical_crossentropy', metrics=['accuracy'])
+        model.train_on_batch(x, y, sample_weight=sw)
+        model.save(h5)
+        # Keras 2.0.8 reads string attributes as h5py 2 gave them (bytes)
+        from h5_loadback import _h5py2_strings
+        _h5py2_strings()
+        model = keras.models.load_model(h5)
+        items = weight_items(model)
+        flags = file_trainable_flags(h5)
+        resume_meta = {
+            'checkpoint': 'model.layers[:-1] trainable=False; compile(create_optimizer(%r, %g)); '
+                          '1 x train_on_batch; model.save; keras.models.load_model'
+                          % (optim, init_lr),
+            'file_trainable_flags': flags,
+            'loaded_trainable_attr': {l.name: bool(l.trainable) for l in model.layers},
+            'loaded_model_trainable_weights': [k for t in model.trainable_weights
+                                               for k, v in items if v is t],
+        }
+        assert [n for n, t in flags.items() if t is False] == \
+            [l.name for l in model.layers[1:-1]], flags
+    else:
+        model.save(h5)
+
+    dense, dropout = model.layers[-1], model.layers[-2]
+    assert dense.name == 'dense' and dropout.name == 'dropout'
+    bn_paths = [p for p, l in walk(model) if l.__class__.__name__ == 'BatchNormalization']
+    probe_t = [model.output, dropout.input, dropout.output]
+    for p in bn_paths:
+        probe_t += [model.get_layer(p).input]
+    # training-mode forward on the train function's random stream, without advancing it
+    probe = theano.function([model.input, K.learning_phase()], probe_t,
+                            no_default_updates=True, on_unused_input='ignore',
+                            allow_input_downcast=True)
+
+    stages = [
+        {'stage': 1, 'name': 'last layer', 'lr': init_lr, 'steps': steps_per_stage[0]},
+        {'stage': 2, 'name': 'top layers', 'lr': init_lr * top_mult,
+         'steps': steps_per_stage[1]},
+        {'stage': 3, 'name': 'all layers', 'lr': init_lr * all_mult,
+         'steps': steps_per_stage[2]},
+    ]
+    w_prev = get_all(keras, model)
+    for k, v in w_prev.items():
+        arrays['w0/' + k] = v
+    steps_meta, opt_meta, reg_meta, drop_meta, bn_meta = [], [], [], [], []
+    step = 0
+    for st in stages:
+        # do_3stage_training, verbatim statements (org_model is model: one GPU)
+        org_model = model
+        if st['stage'] == 1:
+            for layer in org_model.layers[:-1]:
+                layer.trainable = False
+        elif st['stage'] == 2:
+            for layer in org_model.layers[P3_TOP_LAYER_NB:]:
+                layer.trainable = True
+            dense_layer = org_model.layers[-1]
+            dropout_layer = org_model.layers[-2]
+            dense_layer.kernel_regularizer.l2 = P3_WD2
+            dropout_layer.rate = P3_DROP2
+        else:
+            for layer in org_model.layers[:P3_TOP_LAYER_NB]:
+                layer.trainable = True
+        opt = create_optimizer(keras.optimizers, optim, st['lr'])
+        model.compile(optimizer=opt, loss='categorical_crossentropy', metrics=['accuracy'])
+        model._make_train_function()
+        params = [(k, v) for t in model._collected_trainable_weights for k, v in items if v is t]
+        tw = [k for t in model.trainable_weights for k, v in items if v is t]
+        frozen = [l.name for l in model.layers if not l.trainable]
+        opt_meta.append({'stage': st['stage'], 'class': opt.__class__.__name__,
+                         'module': opt.__class__.__module__,
+                         'call': 'create_optimizer(%r, %r)' % (optim, st['lr']),
+                         'config': fw.opt_config(opt),
+                         'trainable_params_in_order': [k for k, _ in params],
+                         'model_trainable_weights': tw,
+                         'frozen_layers': frozen,
+                         'attributes_after_setup': {
+                             'dense.kernel_regularizer.l2': float(dense.kernel_regularizer.l2),
+                             'dropout.rate': float(dropout.rate)}})
+        for _ in range(st['steps']):
+            step += 1
+            vals = probe(x, 1)
+            pred, d_in, d_out = vals[0], vals[1], vals[2]
+            assert np.all(d_in != 0), 'a pooled feature is 0: the dropout mask is not readable'
+            mult = (d_out / d_in).astype(np.float32)
+            assert set(np.unique(mult).tolist()) <= {0.0, 2.0}, np.unique(mult)
+            assert np.array_equal(d_in * mult, d_out)
+            arrays['pred%d' % step] = pred
+            arrays['dropout%d' % step] = mult
+            for i, p in enumerate(bn_paths):
+                mean, var, cnt = bn_stats(vals[3 + i])
+                bn_meta.append({'step': step, 'layer': p, 'mean': mean, 'var': var, 'n': cnt})
+            res = model.train_on_batch(x, y, sample_weight=sw)
+            loss = float(res[0] if isinstance(res, (list, tuple)) else res)
+            arrays['loss%d' % step] = np.float32(loss)
+            w_new = get_all(keras, model)
+            for k, v in w_new.items():
+                arrays['w%d/%s' % (step, k)] = v
+            for k, v in fw.opt_state(opt, params).items():
+                arrays['opt%d/%s' % (step, k)] = v
+            for bm in bn_meta:
+                if bm['step'] == step and 'moving_stats_update' not in bm:
+                    p = bm['layer']
+                    best, _ = classify_update(
+                        {s: w_prev[p + '/' + s] for s in ('moving_mean', 'moving_variance')},
+                        {s: w_new[p + '/' + s] for s in ('moving_mean', 'moving_variance')},
+                        bm['mean'], bm['var'], bm['n'])
+                    bm['moving_stats_update'] = best
+            # the reported loss against the candidates: L2 as built or as re-assigned,
+            # dropout as built (the recorded mask) or at the re-assigned rate (none)
+            kern = w_prev['dense/kernel'].astype(np.float64)
+            logits_nodrop = (d_in.astype(np.float64) @ kern +
+                             w_prev['dense/bias'].astype(np.float64))
+            ce_mask = weighted_ce(pred, y, sw.astype(np.float64))
+            ce_nodrop = weighted_ce(softmax(logits_nodrop), y, sw.astype(np.float64))
+            l2_built = P3_WD * float(np.square(kern).sum())
+            l2_re = float(dense.kernel_regularizer.l2) * float(np.square(kern).sum())
+            cand = {'l2 as built, dropout as built': ce_mask + l2_built,
+                    'l2 re-assigned, dropout as built': ce_mask + l2_re,
+                    'l2 as built, dropout re-assigned': ce_nodrop + l2_built,
+                    'l2 re-assigned, dropout re-assigned': ce_nodrop + l2_re}
+            reg_meta.append({'step': step, 'stage': st['stage'], 'loss': loss,
+                             'candidates': cand,
+                             'abs_err': {c: abs(v - loss) for c, v in cand.items()},
+                             'effective': min(cand, key=lambda c: abs(cand[c] - loss))})
+            drop_meta.append({'step': step, 'stage': st['stage'],
+                              'layer_rate_attr': float(dropout.rate),
+                              'dropped_fraction': float((mult == 0).mean()),
+                              'multipliers': sorted(set(np.unique(mult).tolist()))})
+            moved = {k: float(np.abs(w_new[k] - w_prev[k]).max()) for k, _ in params}
+            steps_meta.append({'step': step, 'stage': st['stage'], 'lr': st['lr'],
+                               'loss': loss, 'frozen_layers': frozen,
+                               'trainable_params': [k for k, _ in params],
+                               'max_abs_change_of_trained_weights': max(moved.values()),
+                               'min_over_trained_weights_of_max_abs_change':
+                                   min(moved.values()),
+                               'untrained_weights_unchanged': all(
+                                   np.array_equal(w_new[k], w_prev[k]) for k in w_new
+                                   if k not in moved and 'moving_' not in k)})
+            w_prev = w_new
+
+    for bm in bn_meta:
+        for k in ('mean', 'var', 'n'):
+            bm.pop(k)
+    findings = {
+        # stage 1 runs before the re-assignment: its candidates coincide
+        'reported_loss_is_in_stages_2_3': sorted(set(r['effective'] for r in reg_meta
+                                                     if r['stage'] > 1)),
+        'next_best_candidate_abs_err_in_stages_2_3': min(
+            e for r in reg_meta if r['stage'] > 1 for c, e in r['abs_err'].items()
+            if c != r['effective']),
+        'dropout_in_stages_2_3': sorted(set(
+            'rate %g applied (multipliers %s) while layer.rate = %g' % (
+                P3_DROP, m['multipliers'], m['layer_rate_attr'])
+            for m in drop_meta if m['stage'] > 1)),
+        'bn_moving_stats_update': sorted(set(b['moving_stats_update'] for b in bn_meta)),
+        'trainable_weights_per_stage': {str(o['stage']): o['model_trainable_weights']
+                                        for o in opt_meta},
+    }
+    meta = {
+        'case': case, 'framework': fw.name, 'versions': fw.versions, 'backend': fw.backend,
+        'kernel_orientation': fw.kernel_orientation,
+        'generator': 'converters/train_step_ref.py',
+        'architecture': 'patch3',
+        'model': [{'path': p, 'class': l.__class__.__name__,
+                   'weights': [p + '/' + var_base(v) for v in l.weights]}
+                  for p, l in walk(model)],
+        'model_h5': ('model.h5: the stage-1 checkpoint the run resumes from, as this Keras '
+                     'saved it (w0 weights; layers[1:-1] trainable: false)' if resumed else
+                     'model.h5: the model before compile, as this Keras saved it (w0 weights)'),
+        'resumed_from': resume_meta,
+        'three_stage': {
+            'recipe': 'do_3stage_training(use_pretrained=True, optim=%r, init_lr=%g, '
+                      'top_layer_multiplier=%g, all_layer_multiplier=%g, top_layer_nb=%d, '
+                      'weight_decay2=%g, hidden_dropout2=%g); get_dl_model(weight_decay=%g, '
+                      'hidden_dropout=%g)' % (optim, init_lr, top_mult, all_mult,
+                                               P3_TOP_LAYER_NB, P3_WD2, P3_DROP2, P3_WD,
+                                               P3_DROP),
+            'optimizer': optim, 'init_lr': init_lr, 'top_layer_multiplier': top_mult,
+            'all_layer_multiplier': all_mult, 'top_layer_nb': P3_TOP_LAYER_NB,
+            'weight_decay': P3_WD, 'weight_decay2': P3_WD2,
+            'hidden_dropout': P3_DROP, 'hidden_dropout2': P3_DROP2,
+            'steps_per_stage': list(steps_per_stage),
+            'stages': [{'stage': s['stage'], 'name': s['name'], 'lr': s['lr']} for s in stages],
+        },
+        'nested': None,
+        'bn': {'momentum': BN_MOMENTUM, 'epsilon': BN_EPS, 'axis': -1, 'center': True,
+               'scale': True},
+        'batch': {'shape': list(x.shape), 'labels': P3_LABELS.tolist()},
+        'weighting': {'kind': 'sample_weight (auto_batch_balance)',
+                      'formula': 'w[y==c] = 1 / mean(y==c) over the batch (dm_image.py)',
+                      'sample_weight': sw.tolist()},
+        'optimizer': opt_meta,
+        'steps': steps_meta,
+        'n_steps': step,
+        'loss_evidence': reg_meta,
+        'dropout_evidence': drop_meta,
+        'bn_evidence': bn_meta,
+        'findings': findings,
+        'notes': NOTES['k208'] + [
+            'Dropout draws a fresh mask in each train_on_batch; dropout{k} is the mask of step '
+            'k as multipliers (0 or 1/(1-rate)), read from the same Theano random stream '
+            'before the step without advancing it.',
+            'dropout_layer.rate = hidden_dropout2 re-assigned after the model is built is '
+            'ignored, as kernel_regularizer.l2 is: the train function was built from the '
+            'layer calls of get_dl_model (loss_evidence, dropout_evidence).',
+        ],
+        'keys': {
+            'x': 'float32 %s NHWC' % (list(x.shape),), 'y': 'one-hot float32',
+            'labels': 'int', 'sample_weight': 'float32 (auto_batch_balance)',
+            'w{k}/<path>/<var>': 'k=0 initial, k=1..n_steps after step k',
+            'loss{k}': 'reported by train_on_batch for step k (pre-step weights)',
+            'pred{k}': 'training-mode softmax before step k, with the step\'s dropout mask',
+            'dropout{k}': 'float32 (batch, 4): the dropout layer\'s output / input in step k',
+            'opt{k}/<name>': 'optimizer state after step k',
+        },
+    }
+    np.savez_compressed(os.path.join(d, 'steps.npz'), **arrays)
+    with open(os.path.join(d, 'meta.json'), 'w') as f:
+        json.dump(meta, f, indent=1, sort_keys=False, default=float)
+    with open(os.path.join(d, 'COMMAND'), 'w') as f:
+        f.write('.venv-keras208/bin/python converters/train_step_ref.py %s\n' % case)
+    print(case, 'losses', [round(float(arrays['loss%d' % i]), 6) for i in range(1, step + 1)])
+    print(json.dumps([(s['step'], s['lr'], s['max_abs_change_of_trained_weights'],
+                       s['min_over_trained_weights_of_max_abs_change']) for s in steps_meta]))
     print(json.dumps(findings, indent=1))
 
 

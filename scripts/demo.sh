@@ -85,7 +85,7 @@ step "9. Fine-tune (the paper's two-stage training, Keras semantics, libtorch on
 $bin synth $out/synth --per-class 32 --size 64x64
 $bin finetune --patch-model-state fixtures/k208_vgg16_patch/model.h5 --block-type vgg \
     --top-depths 16 --top-repetitions 1 --img-size 64 64 --rescale-factor 0.0000305 \
-    --featurewise-mean 0.5 --batch-size 16 --nb-epoch 2 --all-layer-epochs 3 --optimizer adam \
+    --featurewise-mean 0.5 --batch-size 16 --nb-epoch 2 --all-layer-epochs 5 --optimizer adam \
     --init-learningrate 0.001 --all-layer-multiplier 0.5 --no-augmentation \
     -o $out/finetuned/best.h5 --log $out/finetuned/log.jsonl \
     $out/synth/train $out/synth/val $out/synth/test

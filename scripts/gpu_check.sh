@@ -100,7 +100,7 @@ for l in sys.stdin:
       "$gpu/allconv" finetune --patch-model-state fixtures/k208_vgg16_patch/model.h5 \
         --block-type vgg --top-depths 16 --top-repetitions 1 --img-size 64 64 \
         --rescale-factor 0.0000305 --featurewise-mean 0.5 --batch-size 16 --optimizer adam \
-        --init-learningrate 0.001 --nb-epoch 1 --all-layer-epochs 2 --no-augmentation --seed 1 \
+        --init-learningrate 0.001 --nb-epoch 1 --all-layer-epochs 3 --no-augmentation --seed 1 \
         --train "$gpu/num_data/train" --val "$gpu/num_data/val" -o "$gpu/num_${run%%:*}/best.h5" \
         --device "${run#*:}" --log "$out/numbers_${run%%:*}.jsonl" > "$out/numbers_${run%%:*}.log" 2>&1 \
         || echo "finetune --device ${run#*:} failed" >> "$out/numbers_${run%%:*}.log"

@@ -14,5 +14,7 @@ for t in ${ALLCONV_CROSS_TARGETS:-aarch64-unknown-linux-gnu armv7-unknown-linux-
   scripts/cross.sh "$t" >/dev/null
 done
 export ALLCONV_REQUIRE_PYTHON=1 ALLCONV_REQUIRE_CROSS=1
+# A fresh build gains nothing from incremental state (2.5 GB of it in target/debug).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 phase "cargo test: build the tests ($(build_hint target/debug)), then run them"
 cargo test --all-targets "$@"

@@ -128,6 +128,11 @@ enum Command {
     #[cfg(feature = "torch")]
     #[command(after_help = cli::examples::FINETUNE)]
     Finetune(Box<cli::finetune::FinetuneArgs>),
+    /// Train a patch classifier (ResNet50, VGG16, VGG19 or YaroslavNet) in the paper's three
+    /// stages (patch_clf_train.py), on the folders sample-patches writes (libtorch).
+    #[cfg(feature = "torch")]
+    #[command(after_help = cli::examples::TRAIN_PATCH)]
+    TrainPatch(Box<cli::train_patch::TrainPatchArgs>),
     /// Shell completions: print the script for bash, elvish, fish, powershell or zsh.
     #[command(after_help = cli::examples::COMPLETIONS)]
     Completions(cli::shell::CompletionsArgs),
@@ -146,6 +151,9 @@ enum Command {
     /// (full build only) fine-tune with libtorch.
     #[cfg(not(feature = "torch"))]
     Finetune(cli::FullBuildOnly),
+    /// (full build only) train a patch classifier with libtorch.
+    #[cfg(not(feature = "torch"))]
+    TrainPatch(cli::FullBuildOnly),
 }
 
 fn parse_size(s: &str) -> Result<Vec<usize>, String> {
@@ -191,6 +199,7 @@ fn main() -> ExitCode {
             | Command::Evaluate(_)
             | Command::Bench(_)
             | Command::Finetune(_)
+            | Command::TrainPatch(_)
             | Command::Convert(_)
     ) {
         allconv::heap::keep_freed_memory();
@@ -230,6 +239,8 @@ fn main() -> ExitCode {
         Command::Rehead(args) => cli::rehead::main(args),
         #[cfg(feature = "torch")]
         Command::Finetune(args) => cli::finetune::main(*args),
+        #[cfg(feature = "torch")]
+        Command::TrainPatch(args) => cli::train_patch::main(*args),
         #[cfg(not(feature = "keras"))]
         Command::Inspect(_) => cli::full_build_only("inspect", "keras"),
         #[cfg(not(feature = "keras"))]
@@ -238,6 +249,8 @@ fn main() -> ExitCode {
         Command::Rehead(_) => cli::full_build_only("rehead", "keras"),
         #[cfg(not(feature = "torch"))]
         Command::Finetune(_) => cli::full_build_only("finetune", "torch"),
+        #[cfg(not(feature = "torch"))]
+        Command::TrainPatch(_) => cli::full_build_only("train-patch", "torch"),
     };
     exit_without_teardown(code)
 }

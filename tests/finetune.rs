@@ -121,7 +121,7 @@ fn synthetic_set_learns_and_a_seed_reproduces_it() {
             "--nb-epoch",
             "2",
             "--all-layer-epochs",
-            "3",
+            "5",
             "--no-augmentation",
             "--json",
             "--log",
@@ -195,7 +195,7 @@ fn synthetic_set_learns_and_a_seed_reproduces_it() {
             "--nb-epoch",
             "2",
             "--all-layer-epochs",
-            "3",
+            "5",
             "--no-augmentation",
         ],
     );

@@ -9,14 +9,26 @@
 //! replays its schedule: the flat cases two steps of one optimizer; the `*_nested_2stage`
 //! cases `do_2stage_training` (stage 1: `model.layers[:top_layer_nb]` frozen, L2 re-assigned
 //! to `weight_decay`, two steps; stage 2: all trainable, `weight_decay2`, a fresh optimizer at
-//! `lr * all_layer_multiplier`, one step).
+//! `lr * all_layer_multiplier`, one step). The `k208_patch_3stage_*` cases replay
+//! `do_3stage_training` on a `get_dl_model`-style patch classifier through the schedule API
+//! ([`Schedule::three_stage`]: each stage's freeze, re-assigned L2, learning rate and fresh
+//! optimizer), the trainable weights of every stage checked equal to Keras's
+//! `model.trainable_weights`; their Dropout(0.5) draws its mask inside `train_on_batch`, so
+//! the fixture records each step's mask and the Dropout node is replaced here by a
+//! multiplication with it (every other op is allconv's). The `k208_patch_3stage_resumed_*`
+//! cases start the same schedule from a checkpoint Keras saved in stage 1 and loaded back
+//! with `load_model` (the paper's `--resume-from`): the file marks every layer but the
+//! classifier `trainable: false`, and stages 2 and 3 still train what Keras's assignments
+//! make trainable.
 
 mod common;
 
+use allconv::ir::{Dim, Graph, MergeKind, Op};
 use allconv::keras::{read_model, ReadOptions};
+use allconv::train::schedule::{ThreeStage, TwoStage};
 use allconv::train::{
     auto_batch_balance, class_weights_to_sample, train_step, Flavour, Optimizer, Regularizers,
-    TrainModel,
+    Schedule, TrainModel,
 };
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::NpzReader;
@@ -79,6 +91,9 @@ struct Worst {
     /// Optimizer moments of noise-driven weights: matched to Keras's by name, shape and
     /// finiteness only (their values are rounding noise); not counted in `compared`.
     noise_moments: usize,
+    /// Schedule cases: per stage, the worst absolute difference of a weight after a step
+    /// (noise-driven weights apart).
+    stage_abs: BTreeMap<u64, f64>,
 }
 
 impl Worst {
@@ -227,6 +242,80 @@ fn noise_driven(model: &TrainModel, opt: &Optimizer) -> (Vec<String>, Vec<String
     (biases, bns)
 }
 
+/// The graph with its one Dropout node replaced by a multiplication with a second input,
+/// the step's recorded mask (0 or `1 / (1 - rate)` per entry, as Keras's and torch's
+/// inverted dropout scale). Returns the graph and the node's rate.
+fn with_recorded_dropout(case: &str, mut g: Graph) -> (Graph, f32) {
+    let idx: Vec<usize> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op, Op::Dropout { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(idx.len(), 1, "{case}: one Dropout node");
+    let Op::Dropout { rate, spatial } = g.nodes[idx[0]].op.clone() else {
+        unreachable!()
+    };
+    assert!(!spatial, "{case}: plain Dropout");
+    let shape = g.values[g.nodes[idx[0]].inputs[0]].shape.clone();
+    assert!(
+        matches!(shape.as_slice(), [Dim::Known(_)]),
+        "{case}: the dropout's input is (batch, features): {shape:?}"
+    );
+    let mask = g.add_input("dropout_mask", shape, allconv::ir::DataFormat::ChannelsLast);
+    let n = &mut g.nodes[idx[0]];
+    n.op = Op::Merge(MergeKind::Multiply);
+    n.inputs.push(mask);
+    (g, rate)
+}
+
+/// `Schedule::three_stage` with the fixture's `do_3stage_training` arguments.
+fn fixture_schedule(t: &Value) -> Schedule {
+    let f = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("three_stage.{k}"));
+    Schedule::three_stage(&ThreeStage {
+        use_pretrained: true,
+        optimizer: t["optimizer"].as_str().unwrap().to_string(),
+        init_lr: f("init_lr"),
+        top_layer_multiplier: f("top_layer_multiplier"),
+        all_layer_multiplier: f("all_layer_multiplier"),
+        top_layer_nb: Some(t["top_layer_nb"].as_u64().unwrap() as usize),
+        nb_epoch: 1,
+        top_layer_epochs: 2,
+        all_layer_epochs: 3,
+        weight_decay2: f("weight_decay2"),
+        es_patience: 5,
+        lr_patience: 2,
+    })
+}
+
+/// `Schedule::two_stage` with the fixture's `do_2stage_training` arguments (the resumed
+/// nested cases).
+fn fixture_two_stage(n: &Value) -> Schedule {
+    let f = |k: &str| n[k].as_f64().unwrap_or_else(|| panic!("nested.{k}"));
+    Schedule::two_stage(&TwoStage {
+        optimizer: "sgd".into(),
+        init_lr: f("init_lr"),
+        all_layer_multiplier: f("all_layer_multiplier"),
+        top_layer_nb: Some(n["top_layer_nb"].as_u64().unwrap() as usize),
+        nb_epoch: 1,
+        all_layer_epochs: 2,
+        weight_decay: f("weight_decay"),
+        weight_decay2: f("weight_decay2"),
+        es_patience: 5,
+        lr_patience: 2,
+    })
+    .unwrap()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
 fn run_case(dir: &Path) -> Worst {
     let case = dir.file_name().unwrap().to_string_lossy().to_string();
     let meta: Value =
@@ -259,6 +348,93 @@ fn run_case(dir: &Path) -> Worst {
         w.check(&format!("w0 {key} (model.h5)"), &got, &want.data);
     }
 
+    // Resumed cases: model.h5 is Keras's stage-1 checkpoint, and its `trainable` flags are
+    // the ones Keras wrote: false on every layer of the patch classifier but the last; on
+    // the whole-image model, tf-keras writes false on the nested model and every layer in
+    // it, Keras 2.0.8 nothing (a Model's config has no `trainable`).
+    let resumed = &meta["resumed_from"];
+    if !resumed.is_null() && !resumed["nested_file_trainable_flags"].is_null() {
+        let flags = resumed["nested_file_trainable_flags"].as_object().unwrap();
+        assert_eq!(g.layers.len(), flags.len(), "{case}: layers");
+        for r in &g.layers {
+            let want = flags[&r.path].as_bool().unwrap_or(true);
+            assert_eq!(r.own_trainable, want, "{case}: {}: the file's flag", r.path);
+        }
+        let off: Vec<&str> = g
+            .layers
+            .iter()
+            .filter(|r| !r.own_trainable)
+            .map(|r| r.path.as_str())
+            .collect();
+        let want: &[&str] = if framework == "tf-keras" {
+            &["patch", "patch/conv_a", "patch/bn_a", "patch/relu_a"]
+        } else {
+            &[]
+        };
+        assert_eq!(off, want, "{case}: the checkpoint's frozen layers");
+    }
+    if !resumed.is_null() && !resumed["file_trainable_flags"].is_null() {
+        let flags = resumed["file_trainable_flags"].as_object().unwrap();
+        let top: Vec<_> = g.layers.iter().filter(|r| r.depth == 0).collect();
+        assert_eq!(top.len(), flags.len(), "{case}: top-level layers");
+        for r in &top {
+            let want = flags[&r.path].as_bool().unwrap_or(true);
+            assert_eq!(r.own_trainable, want, "{case}: {}: the file's flag", r.path);
+        }
+        assert!(
+            top.iter().filter(|r| !r.own_trainable).count() + 2 == top.len(),
+            "{case}: the checkpoint freezes every layer but the input and the classifier"
+        );
+    }
+
+    // do_3stage_training cases: the schedule, and the graph with Keras's dropout masks.
+    let three = &meta["three_stage"];
+    let nested = &meta["nested"];
+    let schedule = if !three.is_null() {
+        Some(fixture_schedule(three))
+    } else if !resumed.is_null() {
+        Some(fixture_two_stage(nested))
+    } else {
+        None
+    };
+    let g = if three.is_null() {
+        g
+    } else {
+        let (g, rate) = with_recorded_dropout(&case, g);
+        assert_eq!(
+            rate as f64,
+            three["hidden_dropout"].as_f64().unwrap(),
+            "{case}: the rate the model was built with"
+        );
+        // Keras applied the built rate in every stage (the re-assigned hidden_dropout2
+        // is ignored): each recorded mask is 0 or 1 / (1 - rate), with both present.
+        let keep = 1.0 / (1.0 - rate as f64);
+        for k in 1..=meta["n_steps"].as_u64().unwrap() {
+            let m = &z[&format!("dropout{k}")].data;
+            assert!(
+                m.iter().all(|&v| v == 0.0 || (v - keep).abs() < 1e-7)
+                    && m.contains(&0.0)
+                    && m.iter().any(|&v| v != 0.0),
+                "{case}: step {k}: dropout mask {m:?} is not rate {rate}'s"
+            );
+        }
+        // The reported loss of stages 2 and 3 is the built L2 and dropout's, and the
+        // re-assigned alternatives are far from it.
+        let fnd = &meta["findings"];
+        assert_eq!(
+            strings(&fnd["reported_loss_is_in_stages_2_3"]),
+            ["l2 as built, dropout as built"],
+            "{case}"
+        );
+        assert!(
+            fnd["next_best_candidate_abs_err_in_stages_2_3"]
+                .as_f64()
+                .unwrap()
+                > 1e3 * TOL,
+            "{case}: the loss tells the candidates apart"
+        );
+        g
+    };
     let mut model = TrainModel::new(&g, Device::Cpu, flavour).unwrap();
     let mut regs = Regularizers::from_graph(&g).unwrap();
     let x = tensor(&z["x"]);
@@ -291,7 +467,6 @@ fn run_case(dir: &Path) -> Worst {
         }
     };
 
-    let nested = &meta["nested"];
     let steps = meta["steps"].as_array().unwrap();
     let opts = meta["optimizer"].as_array().unwrap();
     let mut opt: Option<Optimizer> = None;
@@ -299,14 +474,86 @@ fn run_case(dir: &Path) -> Worst {
     // Sum of the learning rates so far: an Adam-family step moves a weight by about lr at
     // most in the first steps (Adam at t = 1: exactly lr * g / (|g| + eps / sqrt(1-b2)));
     // noise-driven weights may differ by twice 2 lr per step.
-    let mut lr_steps = 0f64;
+    // (per weight: the steps in which it trained).
+    let mut lr_steps: BTreeMap<String, f64> = BTreeMap::new();
+    let mut stages_run = Vec::new();
     let bn_momentum = meta["bn"]["momentum"].as_f64().unwrap();
     for s in steps {
         let k = s["step"].as_u64().unwrap();
         let st = s["stage"].as_u64().unwrap();
         if st != stage {
             stage = st;
-            if !nested.is_null() {
+            stages_run.push(st);
+            let o = opts
+                .iter()
+                .find(|o| o["stage"].as_u64() == Some(st))
+                .expect("the stage's optimizer");
+            if let Some(sch) = &schedule {
+                // The schedule API, as fit runs it: freeze, re-assigned L2, a fresh
+                // optimizer at the stage's learning rate.
+                let n_stages = if three.is_null() { 2 } else { 3 };
+                assert_eq!(
+                    sch.stages.len(),
+                    n_stages,
+                    "{case}: do_2stage_training has 2 stages, do_3stage_training 3"
+                );
+                let stage = &sch.stages[st as usize - 1];
+                let frozen = model
+                    .set_stage_trainable(&sch.stages, st as usize - 1)
+                    .unwrap();
+                let keras_frozen = strings(&o["frozen_layers"]);
+                assert_eq!(frozen, keras_frozen, "{case}: stage {st}: frozen layers");
+                assert_eq!(
+                    frozen.is_empty(),
+                    st == n_stages as u64,
+                    "{case}: stage {st}"
+                );
+                if !three.is_null() {
+                    if let Some(wd) = stage.weight_decay {
+                        assert_eq!(st, 2, "{case}: the re-assigned L2 is stage 2's");
+                        assert_eq!(wd.l2, three["weight_decay2"].as_f64().unwrap());
+                        let changed = regs.stage_reassign(&g, wd, flavour);
+                        assert!(
+                            !changed,
+                            "{case}: Keras 2.0.8 ignores the re-assigned L2, so must we"
+                        );
+                    }
+                } else {
+                    // do_2stage_training re-assigns weight_decay, then weight_decay2: taken
+                    // by tf-keras, ignored by Keras 2.0.8 (which trains with the L2 the
+                    // checkpoint's config carries).
+                    let wd = stage.weight_decay.expect("a re-assigned L2 in each stage");
+                    let key = if st == 1 {
+                        "weight_decay"
+                    } else {
+                        "weight_decay2"
+                    };
+                    assert_eq!(wd.l2, nested[key].as_f64().unwrap(), "{case}: stage {st}");
+                    let changed = regs.stage_reassign(&g, wd, flavour);
+                    assert_eq!(
+                        changed,
+                        framework == "tf-keras",
+                        "{case}: stage {st}: the re-assigned L2 counts in tf-keras only"
+                    );
+                }
+                let lr = s["lr"].as_f64().unwrap();
+                assert_eq!(stage.lr, lr, "{case}: stage {st}: learning rate");
+                let keras_trainable = strings(&o["model_trainable_weights"]);
+                let ours: Vec<String> = model
+                    .params()
+                    .iter()
+                    .map(|(k, _)| k.replacen('.', "/", 1))
+                    .collect();
+                if ours != keras_trainable {
+                    w.failures.push(format!(
+                        "stage {st}: trainable weights {ours:?}, Keras's model.trainable_weights {keras_trainable:?}"
+                    ));
+                }
+                let made = Optimizer::paper(&sch.optimizer, stage.lr, flavour).unwrap();
+                assert_eq!(made.rule.class(), o["class"].as_str().unwrap(), "{case}");
+                opt = Some(made);
+            }
+            if !nested.is_null() && schedule.is_none() {
                 if st == 1 {
                     let n = nested["top_layer_nb"].as_u64().unwrap() as usize;
                     model.freeze_first(n).unwrap();
@@ -316,10 +563,6 @@ fn run_case(dir: &Path) -> Worst {
                     regs.stage_weight_decay(&g, nested["weight_decay2"].as_f64().unwrap(), flavour);
                 }
             }
-            let o = opts
-                .iter()
-                .find(|o| o["stage"].as_u64() == Some(st))
-                .expect("the stage's optimizer");
             let name = optimizer_name(o["call"].as_str().unwrap());
             let lr = s["lr"].as_f64().unwrap();
             let made = Optimizer::paper(&name, lr, flavour).unwrap();
@@ -345,7 +588,9 @@ fn run_case(dir: &Path) -> Worst {
                     "stage {st}: trainable weights in order {order:?}, Keras's {keras_order:?}"
                 ));
             }
-            opt = Some(made);
+            if schedule.is_none() {
+                opt = Some(made);
+            }
         }
         // The weights Keras trained in this step are ours.
         let ours: Vec<String> = model
@@ -371,10 +616,20 @@ fn run_case(dir: &Path) -> Worst {
             ));
         }
 
-        lr_steps += s["lr"].as_f64().unwrap();
+        for (key, _) in model.params() {
+            *lr_steps.entry(key.clone()).or_default() += s["lr"].as_f64().unwrap();
+        }
         let o = opt.as_mut().unwrap();
         let (noise_biases, noise_bns) = noise_driven(&model, o);
-        let r = train_step(&model, &regs, o, &[x.shallow_clone()], &y, Some(&sw), None)
+        let bias_lr = noise_biases
+            .iter()
+            .map(|b| lr_steps[b])
+            .fold(0f64, f64::max);
+        let mut xs = vec![x.shallow_clone()];
+        if !three.is_null() {
+            xs.push(tensor(&z[&format!("dropout{k}")]));
+        }
+        let r = train_step(&model, &regs, o, &xs, &y, Some(&sw), None)
             .unwrap_or_else(|e| panic!("{case}: step {k}: {e}"));
         w.check(
             &format!("step {k} loss"),
@@ -397,13 +652,24 @@ fn run_case(dir: &Path) -> Worst {
                 .unwrap_or_else(|| panic!("{case}: no {name} in steps.npz"));
             let p = orient(theano, slot, p);
             let got: Vec<f64> = p.data.iter().map(|&x| x as f64).collect();
-            let bound = 2.0 * 2.0 * lr_steps;
             if noise_biases.contains(&key) {
-                w.check_noise(&name, &got, &want.data, bound);
+                w.check_noise(&name, &got, &want.data, 2.0 * 2.0 * lr_steps[&key]);
             } else if noise_bns.contains(&key) {
-                w.check_noise(&name, &got, &want.data, (1.0 - bn_momentum) * bound);
+                w.check_noise(
+                    &name,
+                    &got,
+                    &want.data,
+                    (1.0 - bn_momentum) * 2.0 * 2.0 * bias_lr,
+                );
             } else {
                 w.check(&name, &got, &want.data);
+                let abs = got
+                    .iter()
+                    .zip(&want.data)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f64, f64::max);
+                let e = w.stage_abs.entry(st).or_default();
+                *e = e.max(abs);
             }
             n_w += 1;
         }
@@ -492,6 +758,12 @@ fn run_case(dir: &Path) -> Worst {
             ));
         }
     }
+    if let Some(sch) = &schedule {
+        let all: Vec<u64> = (1..=sch.stages.len() as u64).collect();
+        assert_eq!(stages_run, all, "{case}: every stage replayed");
+    } else {
+        w.stage_abs.clear();
+    }
     w
 }
 
@@ -507,6 +779,12 @@ fn train_steps_match_genuine_keras() {
             "{case:24} worst relative error {:.2e} ({}), {} tensors compared, {} noise-driven moments matched by shape only",
             w.err, w.what, w.compared, w.noise_moments
         );
+        for (st, e) in &w.stage_abs {
+            println!(
+                "{:24} stage {st}: worst absolute weight difference {e:.2e}",
+                ""
+            );
+        }
         if let Some((e, b, what)) = &w.noise {
             println!(
                 "{:24} noise-driven weights: worst absolute error {e:.2e} ({what}), bound {b:.2e}",

@@ -114,18 +114,32 @@ pub const SYNTH: &str = examples!(
         => "allconv synth synth",
     "Larger images, another draw"
         => "allconv synth synth256 --per-class 8 --size 256x192 --seed 2",
+    "Three classes of 32x32 patches (background, a round blob, a bar) for train-patch"
+        => "allconv synth patches --patches --size 32x32",
 );
 
 pub const FINETUNE: &str = examples!(
     "Re-head the bundled VGG16 patch classifier and train it on synthetic folders (allconv synth synth)"
         => "allconv finetune --patch-model-state fixtures/k208_vgg16_patch/model.h5 --block-type vgg \\
       --top-depths 16 --top-repetitions 1 --img-size 64 64 --rescale-factor 0.0000305 \\
-      --featurewise-mean 0.5 --batch-size 16 --nb-epoch 2 --all-layer-epochs 3 --optimizer adam \\
+      --featurewise-mean 0.5 --batch-size 16 --nb-epoch 2 --all-layer-epochs 5 --optimizer adam \\
       --no-augmentation -o finetuned/best.h5 --log finetuned/log.jsonl synth/train synth/val synth/test",
     "The paper's finetune form: a whole-image model, all layers trained (add --resume to continue a killed run)"
         => "allconv finetune fixtures/k208tf_resnet50_whole_resnet/model.h5 --img-size 225 177 \\
       --nb-epoch 0 --all-layer-epochs 2 --batch-size 8 --no-augmentation -o tuned/best.h5 \\
       synth/train synth/val synth/test",
+);
+
+pub const TRAIN_PATCH: &str = examples!(
+    "VGG16 from random weights on synthetic three-class patches (allconv synth patches --patches --size 32x32)"
+        => "allconv train-patch --net vgg16 --no-use-pretrained --img-size 32 32 --img-scale 255 \\
+      --nb-epoch 4 --batch-size 16 --train-bs-multiplier 1 --optimizer adam --init-learningrate 0.0001 \\
+      --best-model patch/patch.h5 patches/train patches/val patches/test",
+    "The paper's recipe: ResNet50 from the Keras ImageNet file, three stages, sample-patches' folders"
+        => "allconv train-patch --net resnet50 --imagenet-weights resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
+      --class-list background malignant=calc_mal+mass_mal benign=calc_ben+mass_ben --img-scale 255 \\
+      --optimizer nadam --nb-epoch 1 --top-layer-epochs 5 --all-layer-epochs 15 --auto-batch-balance \\
+      --best-model patch.h5 --log patch.jsonl out/train out/val out/test",
 );
 
 pub const COMPLETIONS: &str = examples!(

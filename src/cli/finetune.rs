@@ -170,38 +170,16 @@ pub struct FinetuneArgs {
     pub json: bool,
 }
 
-use allconv::data::dataset::{Dataset, DatasetOptions, Weighting};
 use allconv::data::Preprocess;
 use allconv::ir::Graph;
-use allconv::keras::{read_model, writer::write_h5_from_graph, ReadOptions};
+use allconv::keras::{read_model, ReadOptions};
 use allconv::passes::rehead::{rehead, ReheadOptions, Top};
-use allconv::train::fit::{fit, predict, EpochLog, FitOptions};
+use allconv::train::fit::FitOptions;
+use allconv::train::run::{parse_device, weighting, Folders, Outputs, TrainJob, TrainSummary};
+use allconv::train::schedule::{Schedule, TwoStage};
 use allconv::train::Flavour;
 use allconv::Error;
-use serde::Serialize;
-use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
-
-/// The run's summary (`--json`).
-#[derive(Serialize)]
-struct Summary {
-    model: String,
-    train_images: usize,
-    val_images: usize,
-    test_images: Option<usize>,
-    warnings: Vec<String>,
-    epochs: Vec<EpochLog>,
-    best_epoch: Option<usize>,
-    best_val_auroc: Option<f64>,
-    test_auroc: Option<f64>,
-    test_auroc_tta: Option<f64>,
-    /// The test set through `allconv::eval` (single view and 4-flip TTA, 95% intervals).
-    test_report: Option<allconv::eval::EvalReport>,
-    outputs: Vec<String>,
-    resumed_after: Option<usize>,
-}
 
 fn other(m: impl std::fmt::Display) -> Error {
     Error::Other(m.to_string())
@@ -293,24 +271,8 @@ impl FinetuneArgs {
     }
 }
 
-/// Write the model as `.h5` and/or `.onnx` (atomic), returning what was written.
-fn write_model(g: &Graph, out: &Path, size: (usize, usize)) -> allconv::Result<Vec<String>> {
-    let mut written = Vec::new();
-    let h5 = out.with_extension("h5");
-    let onnx = out.with_extension("onnx");
-    write_h5_from_graph(g, &h5)?;
-    written.push(h5.display().to_string());
-    let eo = allconv::onnx::ExportOptions {
-        input_size: Some(vec![size.0, size.1]),
-        ..Default::default()
-    };
-    let bytes = allconv::onnx::export_for_inference(g, &eo)?.to_bytes()?;
-    allconv::onnx::write_atomic(&onnx, &bytes)?;
-    written.push(onnx.display().to_string());
-    Ok(written)
-}
-
-fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
+/// The model, data, schedule and outputs the flags ask for.
+fn job(a: &FinetuneArgs) -> allconv::Result<TrainJob> {
     let target_scale = a.img_scale.filter(|_| !a.no_img_scale);
     if let Some(ts) = target_scale.filter(|ts| !(ts.is_finite() && *ts > 0.0)) {
         return Err(other(format!("--img-scale: {ts} is not a positive number")));
@@ -345,7 +307,7 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
         )));
     }
     let featurewise = !a.no_featurewise_center;
-    let pre = Preprocess {
+    let preprocess = Preprocess {
         target: Some(size),
         target_scale,
         rescale: a
@@ -356,262 +318,77 @@ fn run(a: &FinetuneArgs) -> allconv::Result<Summary> {
         channels,
         equalize_hist: a.equalize_hist && !a.no_equalize_hist,
     };
-    let open = |dir: &Path, ram: bool| -> allconv::Result<Arc<Dataset>> {
-        let mut o = DatasetOptions::new(pre.clone());
-        o.load_into_ram = ram;
-        Dataset::from_folders(dir, &a.class_list, &o)
-            .map(Arc::new)
-            .map_err(|e| other(e.to_string()))
-    };
-    let train = open(&train_dir, a.load_train_ram && !a.no_load_train_ram)?;
-    let val = open(&val_dir, a.load_val_ram && !a.no_load_val_ram)?;
-    let test = test_dir.as_deref().map(|d| open(d, false)).transpose()?;
-    let mut warnings: Vec<String> = [Some(&train), Some(&val), test.as_ref()]
-        .into_iter()
-        .flatten()
-        .flat_map(|d| d.warnings())
-        .map(|w| format!("{}: {}", w.path.display(), w.message))
-        .collect();
-    warnings.sort();
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    let device = match a.device.as_str() {
-        "cpu" => tch::Device::Cpu,
-        d if d.starts_with("cuda") => {
-            if !allconv::torch::load_cuda() {
-                return Err(other("--device cuda: no CUDA device visible to libtorch"));
-            }
-            let i = d
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            // Every batch has the same shape: let cuDNN time its algorithms once.
-            tch::Cuda::cudnn_set_benchmark(true);
-            tch::Device::Cuda(i)
-        }
-        d => return Err(other(format!("--device {d}: cpu or cuda[:N]"))),
-    };
-    if a.amp && !device.is_cuda() {
-        return Err(other(
-            "--amp is float16 autocast, which libtorch runs on CUDA only; add --device cuda, or train without --amp",
-        ));
-    }
-    let auto = !a.no_auto_batch_balance;
-    let weighting = if auto {
-        Weighting::AutoBalance
-    } else if a.class_list.len() == 2 {
-        Weighting::ClassWeights(vec![1.0, a.pos_cls_weight])
-    } else if a.class_list.len() == 3 {
-        Weighting::ClassWeights(vec![1.0, a.pos_cls_weight, a.neg_cls_weight])
-    } else {
-        Weighting::None
-    };
+    let device = parse_device(&a.device, a.amp)?;
     let out = a
         .output
         .clone()
         .or_else(|| a.best_model.clone())
         .unwrap_or_else(|| PathBuf::from("modelState/image_clf.h5"));
-    let run_dir = out.with_extension("run");
-    for p in [Some(&out), a.log.as_ref(), a.best_model.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(d).map_err(|e| Error::Io {
-                file: d.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        }
-    }
     if a.hidden_dropout2 != a.hidden_dropout || a.weight_decay2 != a.weight_decay {
         eprintln!(
             "note: the paper's code re-assigns Dropout rates and kernel L2 between stages on an already built model; genuine Keras 2.0.8 keeps the built values for both (measured: fixtures/train_step), and so does allconv for Keras 2.0.x files; for tf-keras files the L2 is re-assigned as tf-keras does, the Dropout rates stay as built"
         );
     }
-    let opts = FitOptions {
-        class_list: a.class_list.clone(),
-        train_batch: ((a.batch_size as f32 * a.train_bs_multiplier) as usize).max(1),
-        eval_batch: a.batch_size.max(1),
-        nb_epoch: a.nb_epoch,
-        all_layer_epochs: a.all_layer_epochs,
+    let schedule = Schedule::two_stage(&TwoStage {
         optimizer: a.optimizer.clone(),
         init_lr: a.init_learningrate as f64,
         all_layer_multiplier: a.all_layer_multiplier as f64,
+        top_layer_nb,
+        nb_epoch: a.nb_epoch,
+        all_layer_epochs: a.all_layer_epochs,
         weight_decay: a.weight_decay as f64,
         weight_decay2: a.weight_decay2 as f64,
-        augmentation: !a.no_augmentation,
-        weighting,
         es_patience: a.es_patience,
         lr_patience: a.lr_patience,
-        top_layer_nb,
+    })?;
+    let fit = FitOptions {
+        class_list: a.class_list.clone(),
+        train_batch: ((a.batch_size as f32 * a.train_bs_multiplier) as usize).max(1),
+        eval_batch: a.batch_size.max(1),
+        schedule,
+        augmentation: !a.no_augmentation,
+        weighting: weighting(
+            !a.no_auto_batch_balance,
+            a.class_list.len(),
+            a.pos_cls_weight,
+            a.neg_cls_weight,
+        ),
         seed: a.seed,
         device,
         flavour: Flavour::for_source(&graph.source),
-        run_dir: run_dir.clone(),
+        run_dir: out.with_extension("run"),
         resume: a.resume,
-        workers: 2,
+        workers: allconv::train::run::default_workers(),
         amp: a.amp,
     };
-    let mut log_file = match &a.log {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| Error::Io {
-                    file: p.clone(),
-                    message: e.to_string(),
-                })?,
-        ),
-        None => None,
-    };
-    let json = a.json;
-    let mut on_epoch = |l: &EpochLog| {
-        if let Some(f) = &mut log_file {
-            let _ = writeln!(f, "{}", serde_json::to_string(l).unwrap_or_default());
-        }
-        if !json {
-            eprintln!(
-                "epoch {:3} (stage {}): loss {:.4} acc {:.3} | val_loss {:.4} val_acc {:.3} val_auroc {} | lr {:.2e} | {:.1} img/s, data wait {:.0}%{}",
-                l.epoch, l.stage, l.loss, l.acc, l.val_loss, l.val_acc,
-                l.val_auroc.map_or("n/a".into(), |v| format!("{v:.4}")),
-                l.lr, l.images_per_s, 100.0 * l.data_wait_share,
-                if l.best { "  (best)" } else { "" }
-            );
-        }
-    };
-    use std::io::IsTerminal;
-    let tty = std::io::stderr().is_terminal() && !json;
-    let mut on_batch = |p: &allconv::train::fit::BatchProgress| {
-        if tty {
-            if p.batch == p.batches {
-                super::progress::clear();
-            } else {
-                let line = super::progress::line(
-                    p.batch,
-                    p.batches,
-                    p.elapsed_s,
-                    &format!(" loss {:.4}, {:.1} img/s", p.loss, p.images_per_s),
-                );
-                super::progress::draw(&format!("epoch {} {line}", p.epoch));
-            }
-        }
-    };
-    let result = fit(&graph, &train, &val, &opts, &mut on_epoch, &mut on_batch)?;
-    let mut outputs = write_model(&result.best, &out, size)?;
-    if let Some(bm) = &a.best_model {
-        if a.output.is_some() {
-            write_h5_from_graph(&result.best, bm)?;
-            outputs.push(bm.display().to_string());
-        }
-    }
-    if a.final_model != "NOSAVE" {
-        let p = PathBuf::from(&a.final_model);
-        write_h5_from_graph(&result.last, &p)?;
-        outputs.push(p.display().to_string());
-    }
-    // Validation and test sets through allconv::eval (as `allconv evaluate` reports them):
-    // ROC plots with bootstrap bands and operating points; the test set's metrics with
-    // 95% intervals, single view and 4-flip TTA, and its per-image scores CSV.
-    let best_model = allconv::train::TrainModel::new(&result.best, device, opts.flavour)?;
-    let stem = out
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let table = |ds: &Dataset,
-                 single: &allconv::train::fit::Predictions,
-                 tta: Option<&allconv::train::fit::Predictions>| {
-        let widen = |p: &allconv::train::fit::Predictions| -> Vec<Vec<f64>> {
-            p.probs
-                .iter()
-                .map(|r| r.iter().map(|&v| f64::from(v)).collect())
-                .collect()
-        };
-        let samples = ds.samples();
-        allconv::eval::ScoreTable {
-            classes: a.class_list.clone(),
-            paths: (0..single.labels.len())
-                .map(|i| match samples.get(i) {
-                    Some(s) if samples.len() == single.labels.len() => s.path.display().to_string(),
-                    _ => format!("#{i}"),
-                })
-                .collect(),
-            labels: single.labels.clone(),
-            probs: widen(single),
-            probs_tta: tta.map(widen),
-        }
-    };
-    let eval_opts = allconv::eval::EvalOptions {
-        positive_class: a.class_list.last().cloned(),
-        seed: a.seed,
-        ..Default::default()
-    };
-    // The report and its ROC plot; `None` where the set lacks a class (no AUROC).
-    let report = |t: &allconv::eval::ScoreTable,
-                  name: &str,
-                  outputs: &mut Vec<String>|
-     -> allconv::Result<Option<allconv::eval::EvalReport>> {
-        let Ok(r) = allconv::eval::evaluate(t, &eval_opts) else {
-            return Ok(None);
-        };
-        let Some(b) = &r.binary else {
-            return Ok(Some(r));
-        };
-        let path = out.with_file_name(format!("{stem}_{name}_roc.png"));
-        let mut series = vec![allconv::eval::plot::RocSeries {
-            name: if b.tta.is_some() {
-                "single view"
-            } else {
-                "model"
-            }
-            .into(),
-            report: &b.single,
-        }];
-        if let Some(t) = &b.tta {
-            series.push(allconv::eval::plot::RocSeries {
-                name: "4-flip TTA".into(),
-                report: t,
-            });
-        }
-        let title = format!(
-            "{name} ROC: {} ({} positive, {} negative)",
-            b.positive_class, b.positives, b.negatives
-        );
-        allconv::eval::plot::write_roc_png(&path, &title, &series, b.target_specificity)?;
-        outputs.push(path.display().to_string());
-        Ok(Some(r))
-    };
-    let v = predict(&best_model, &val, opts.eval_batch, false)?;
-    report(&table(&val, &v, None), "val", &mut outputs)?;
-    let (mut test_auroc, mut test_auroc_tta, mut test_report) = (None, None, None);
-    if let Some(t) = &test {
-        let p = predict(&best_model, t, opts.eval_batch, false)?;
-        let p_tta = predict(&best_model, t, opts.eval_batch, true)?;
-        let scores = table(t, &p, Some(&p_tta));
-        let csv = out.with_file_name(format!("{stem}_test_scores.csv"));
-        scores.write_csv(&csv)?;
-        outputs.push(csv.display().to_string());
-        test_report = report(&scores, "test", &mut outputs)?;
-        let bin = test_report.as_ref().and_then(|r| r.binary.as_ref());
-        test_auroc = bin.map(|b| b.single.auroc);
-        test_auroc_tta = bin.and_then(|b| b.tta.as_ref()).map(|t| t.auroc);
-    }
-    Ok(Summary {
-        model: model_label,
-        train_images: train.len(),
-        val_images: val.len(),
-        test_images: test.as_ref().map(|t| t.len()),
-        warnings,
-        epochs: result.epochs,
-        best_epoch: result.best_epoch,
-        best_val_auroc: result.best_val_auroc,
-        test_auroc,
-        test_auroc_tta,
-        test_report,
-        outputs,
-        resumed_after: result.resumed_after,
+    Ok(TrainJob {
+        graph,
+        model_label,
+        preprocess,
+        folders: Folders {
+            train: train_dir,
+            val: val_dir,
+            test: test_dir,
+            load_train_ram: a.load_train_ram && !a.no_load_train_ram,
+            load_val_ram: a.load_val_ram && !a.no_load_val_ram,
+        },
+        fit,
+        outputs: Outputs {
+            best_copy: a.best_model.clone().filter(|_| a.output.is_some()),
+            best: out,
+            final_model: (a.final_model != "NOSAVE").then(|| PathBuf::from(&a.final_model)),
+            onnx_size: Some(size),
+            log: a.log.clone(),
+        },
+        positive_class: a
+            .class_list
+            .last()
+            .map(|c| allconv::data::dataset::class_name(c).to_string()),
     })
+}
+
+fn run(a: &FinetuneArgs) -> allconv::Result<TrainSummary> {
+    super::progress::train(&job(a)?, a.json)
 }
 
 pub fn main(a: FinetuneArgs) -> ExitCode {
@@ -620,6 +397,9 @@ pub fn main(a: FinetuneArgs) -> ExitCode {
             if a.json {
                 outln!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {
+                for w in &s.warnings {
+                    eprintln!("warning: {w}");
+                }
                 outln!(
                     "best epoch {}, val AUROC {}; test AUROC {} ({} with 4-flip TTA)",
                     s.best_epoch.map_or("n/a".into(), |e| e.to_string()),

@@ -15,6 +15,8 @@ pub mod rehead;
 pub mod sample_patches;
 pub mod shell;
 pub mod synth;
+#[cfg(feature = "torch")]
+pub mod train_patch;
 pub mod verify;
 
 /// A command this build leaves out (the inference-only edge build): its arguments are

@@ -59,3 +59,40 @@ mod tests {
         assert_eq!(duration(7300.0), "2 h 1 min");
     }
 }
+
+#[cfg(feature = "torch")]
+/// Progress and epoch lines on stderr (none with --json), then the run.
+pub fn train(
+    job: &allconv::train::run::TrainJob,
+    json: bool,
+) -> allconv::Result<allconv::train::run::TrainSummary> {
+    let mut on_epoch = |l: &allconv::train::fit::EpochLog| {
+        if !json {
+            eprintln!(
+                "epoch {:3} (stage {}, {}): loss {:.4} acc {:.3} | val_loss {:.4} val_acc {:.3} val_auroc {} | lr {:.2e} | {:.1} img/s, data wait {:.0}%{}",
+                l.epoch, l.stage, l.stage_name, l.loss, l.acc, l.val_loss, l.val_acc,
+                l.val_auroc.map_or("n/a".into(), |v| format!("{v:.4}")),
+                l.lr, l.images_per_s, 100.0 * l.data_wait_share,
+                if l.best { "  (best)" } else { "" }
+            );
+        }
+    };
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal() && !json;
+    let mut on_batch = |p: &allconv::train::fit::BatchProgress| {
+        if tty {
+            if p.batch == p.batches {
+                clear();
+            } else {
+                let line = line(
+                    p.batch,
+                    p.batches,
+                    p.elapsed_s,
+                    &format!(" loss {:.4}, {:.1} img/s", p.loss, p.images_per_s),
+                );
+                draw(&format!("epoch {} {line}", p.epoch));
+            }
+        }
+    };
+    job.run(&mut on_epoch, &mut on_batch)
+}

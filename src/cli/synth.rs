@@ -1,6 +1,8 @@
 //! `allconv synth DIR`: a synthetic two-class set of 16-bit mammogram-like PNGs
 //! (`data::synthetic`: a textured breast shape; `pos` adds a bright blurred mass) in
-//! `DIR/{train,val,test}/{neg,pos}`, to try `allconv finetune` without data of one's own.
+//! `DIR/{train,val,test}/{neg,pos}`, to try `allconv finetune` without data of one's own;
+//! with `--patches`, three classes of square patches differing by shape
+//! (`DIR/{train,val,test}/{background,malignant,benign}`), to try `allconv train-patch`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +19,10 @@ pub struct SynthArgs {
     pub size: crate::Size,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Three classes of square patches (background texture, a round blob, a bar) for
+    /// train-patch, instead of two classes of mammogram-like images.
+    #[arg(long)]
+    pub patches: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -35,10 +41,19 @@ pub fn main(a: SynthArgs) -> ExitCode {
     .enumerate()
     {
         let d = a.dir.join(part);
-        if let Err(e) = allconv::data::synthetic::write_two_class(&d, n, a.seed + i as u64, h, w) {
-            return crate::fail(a.json, e);
+        let seed = a.seed + i as u64;
+        let written = if a.patches {
+            if h != w {
+                return crate::fail(a.json, "--patches: patches are square (--size NxN)");
+            }
+            allconv::data::synthetic::write_patch_shapes(&d, n, seed, h)
+        } else {
+            allconv::data::synthetic::write_two_class(&d, n, seed, h, w)
+        };
+        match written {
+            Ok(set) => counts.push((part, set.files.len())),
+            Err(e) => return crate::fail(a.json, e),
         }
-        counts.push((part, 2 * n));
     }
     if a.json {
         outln!(

@@ -269,16 +269,23 @@ pub fn list_class_folders(
     }
     let mut samples = Vec::new();
     let mut warnings = Vec::new();
-    for (label, class) in classes.iter().enumerate() {
-        let dir = root.join(class);
-        if !dir.is_dir() {
-            return Err(DataError::Dataset {
-                path: dir,
-                msg: format!("class folder for class '{class}' (label {label}) not found"),
-            });
-        }
+    for (label, spec) in classes.iter().enumerate() {
+        let class = class_name(spec);
         let mut files = Vec::new();
-        walk(&dir, &mut files)?;
+        let folders = class_folders_of(spec);
+        for folder in &folders {
+            let dir = root.join(folder);
+            if !dir.is_dir() {
+                return Err(DataError::Dataset {
+                    path: dir,
+                    msg: format!(
+                        "class folder {folder:?} for class '{class}' (label {label}) not found"
+                    ),
+                });
+            }
+            walk(&dir, &mut files)?;
+        }
+        let dir = root.join(folders.join("+"));
         let mut n = 0;
         for path in files {
             if has_image_ext(&path) {
@@ -308,17 +315,42 @@ pub fn list_class_folders(
     Ok((samples, warnings))
 }
 
+/// A class of the class list: `name` (its folder), or `name=folder+folder` (several
+/// folders as one class, e.g. `malignant=calc_mal+mass_mal` over `sample-patches`' output).
+pub fn class_name(spec: &str) -> &str {
+    spec.split_once('=').map_or(spec, |(name, _)| name)
+}
+
+/// The folders of a class-list entry (see [`class_name`]).
+pub fn class_folders_of(spec: &str) -> Vec<&str> {
+    match spec.split_once('=') {
+        Some((_, folders)) => folders.split('+').collect(),
+        None => vec![spec],
+    }
+}
+
 fn check_classes(classes: &[String]) -> Result<(), DataError> {
     if classes.is_empty() {
         return Err(DataError::Invalid(
             "dataset: the class list is empty".into(),
         ));
     }
+    let bad = |c: &str| c.is_empty() || c.contains(['/', '\\', '=', '+']) || c == "." || c == "..";
     let mut seen = HashSet::new();
-    for c in classes {
-        if c.is_empty() || c.contains(['/', '\\']) || c == "." || c == ".." {
+    let mut folders_seen = HashSet::new();
+    for spec in classes {
+        let c = class_name(spec);
+        if bad(c) || class_folders_of(spec).into_iter().any(bad) {
             return Err(DataError::Invalid(format!(
-                "dataset: '{c}' is not a class folder name"
+                "dataset: '{spec}' is not a class folder name (NAME, or NAME=FOLDER+FOLDER)"
+            )));
+        }
+        if let Some(f) = class_folders_of(spec)
+            .into_iter()
+            .find(|f| !folders_seen.insert(*f))
+        {
+            return Err(DataError::Invalid(format!(
+                "dataset: folder '{f}' is given to two classes"
             )));
         }
         if !seen.insert(c) {
@@ -382,7 +414,7 @@ impl Dataset {
             ..prep.clone()
         };
         let mut ds = Dataset {
-            classes: classes.to_vec(),
+            classes: classes.iter().map(|c| class_name(c).to_string()).collect(),
             samples,
             prep,
             base,

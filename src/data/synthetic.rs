@@ -157,6 +157,99 @@ pub fn write_two_class(
     })
 }
 
+/// Texture of a patch: box-filtered noise scaled to [0, 1].
+fn texture(rng: &mut Rng, h: usize, w: usize) -> Vec<f64> {
+    let noise: Vec<f64> = (0..h * w).map(|_| rng.random()).collect();
+    let r = (h.min(w) / 16).max(1);
+    let mut tex = box_blur(&box_blur(&noise, h, w, r), h, w, r);
+    let (lo, hi) = tex
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let span = (hi - lo).max(1e-12);
+    tex.iter_mut().for_each(|v| *v = (*v - lo) / span);
+    tex
+}
+
+/// Writes a three-class patch set, `n_per_class` 16-bit `size x size` PNGs in each of
+/// `dir/background/` (tissue texture), `dir/malignant/` (texture with a bright round
+/// blob) and `dir/benign/` (texture with a bright straight bar, at any angle), the
+/// class folders `train-patch` reads by default. The classes differ by shape only:
+/// blob and bar carry about the same brightness. Deterministic from `seed`.
+pub fn write_patch_shapes(
+    dir: &Path,
+    n_per_class: usize,
+    seed: u64,
+    size: usize,
+) -> Result<SyntheticSet, DataError> {
+    if size < 8 {
+        return Err(DataError::Invalid(format!(
+            "synthetic: patch size {size} < 8"
+        )));
+    }
+    let classes: Vec<String> = ["background", "malignant", "benign"]
+        .map(String::from)
+        .to_vec();
+    let mut files = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let sub = dir.join(class);
+        std::fs::create_dir_all(&sub).map_err(|source| DataError::Io {
+            path: sub.clone(),
+            source,
+        })?;
+        for i in 0..n_per_class {
+            let mut rng = Rng::for_stream(&[seed, label as u64, i as u64, 0x5348_4150]);
+            let tex = texture(&mut rng, size, size);
+            let s = size as f64;
+            let (cy, cx) = (rng.uniform(0.35, 0.65) * s, rng.uniform(0.35, 0.65) * s);
+            let r = rng.uniform(0.12, 0.18) * s;
+            let angle = rng.uniform(0.0, std::f64::consts::PI);
+            let (dy, dx) = (angle.sin(), angle.cos());
+            let px: Vec<u16> = (0..size * size)
+                .map(|k| {
+                    let (y, x) = ((k / size) as f64 + 0.5, (k % size) as f64 + 0.5);
+                    let shape = match label {
+                        1 => {
+                            let d2 = (y - cy).powi(2) + (x - cx).powi(2);
+                            (-d2 / (2.0 * r * r)).exp()
+                        }
+                        2 => {
+                            // Distance across and along the bar through (cy, cx).
+                            let across = (y - cy) * dx - (x - cx) * dy;
+                            let along = (y - cy) * dy + (x - cx) * dx;
+                            let half = 0.4 * s;
+                            (-(across * across) / (2.0 * (0.08 * s).powi(2))).exp()
+                                * f64::from(u8::from(along.abs() < half))
+                        }
+                        _ => 0.0,
+                    };
+                    let v = 8000.0 + 8000.0 * tex[k] + 30000.0 * shape;
+                    v.round().clamp(0.0, 65535.0) as u16
+                })
+                .collect();
+            let path = sub.join(format!("{class}_{i:04}.png"));
+            let img = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(
+                size as u32,
+                size as u32,
+                px,
+            )
+            .ok_or_else(|| DataError::Invalid("synthetic: buffer size".into()))?;
+            img.save_with_format(&path, image::ImageFormat::Png)
+                .map_err(|e| DataError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            files.push((path, label));
+        }
+    }
+    Ok(SyntheticSet {
+        classes,
+        files,
+        masses: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

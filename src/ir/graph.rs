@@ -91,7 +91,10 @@ pub struct LayerRecord {
     pub class: String,
     /// 0 for top-level layers, n for layers inside n nested models.
     pub depth: usize,
+    /// Whether it trains: its own flag and every nested model's around it.
     pub trainable: bool,
+    /// Its own `trainable` flag in the file.
+    pub own_trainable: bool,
     /// The value this layer produced on its first call (for a nested model: its output).
     pub output: Option<ValueId>,
     /// Weight slots present in the file for this layer, in storage order.

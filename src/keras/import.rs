@@ -381,11 +381,12 @@ impl Builder<'_> {
     ) {
         for l in &model.layers {
             let path = format!("{prefix}{}", l.name);
-            let t = trainable
-                && l.config
-                    .get("trainable")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true);
+            let own = l
+                .config
+                .get("trainable")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            let t = trainable && own;
             if !l.synthetic {
                 self.records.insert(path.clone(), self.graph.layers.len());
                 self.graph.layers.push(LayerRecord {
@@ -393,6 +394,7 @@ impl Builder<'_> {
                     class: l.class.clone(),
                     depth,
                     trainable: t,
+                    own_trainable: own,
                     output: None,
                     weights: vec![],
                 });

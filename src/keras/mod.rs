@@ -1,10 +1,12 @@
 //! Keras `.h5` -> IR.
 
+pub mod build;
 pub mod config;
 pub mod h5;
 pub mod hang_guard;
 pub mod import;
 pub mod layers;
+pub mod nets;
 pub mod weights;
 pub mod writer;
 

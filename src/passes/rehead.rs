@@ -19,6 +19,7 @@
 
 use crate::error::{Error, Result};
 use crate::ir::*;
+use crate::keras::build::{keras_order, Init, KLayer, ModelBuilder};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -294,208 +295,16 @@ pub struct ReheadReport {
     pub seed: u64,
 }
 
-/// A Keras model as Keras saves it: its `model_config` and its weights by layer path
-/// (`model_1/conv1.kernel`, `conv2d_1.bias`), Keras layout.
-#[derive(Debug, Clone)]
-pub struct KerasModel {
-    pub config: Value,
-    pub params: BTreeMap<String, Tensor>,
-}
+pub use crate::keras::build::KerasModel;
 
-/// One layer call in a functional Keras model, before ordering.
-#[derive(Debug, Clone)]
-struct KLayer {
-    name: String,
-    class: String,
-    config: Value,
-    /// (layer, node index) of each input; empty for an InputLayer.
-    inbound: Vec<(String, usize)>,
-    /// A nested model's own config (`class_name: Model`).
-    nested: Option<Value>,
-}
-
-impl KLayer {
-    fn to_json(&self) -> Value {
-        let nodes: Vec<Value> = if self.inbound.is_empty() {
-            vec![]
-        } else {
-            vec![Value::Array(
-                self.inbound
-                    .iter()
-                    .map(|(l, n)| json!([l, n, 0, {}]))
-                    .collect(),
-            )]
-        };
-        json!({
-            "name": self.name,
-            "class_name": self.class,
-            "config": self.nested.clone().unwrap_or_else(|| self.config.clone()),
-            "inbound_nodes": nodes,
-        })
-    }
-}
-
-/// Keras 2.0.8 `Container.__init__`'s layer order: a depth-first walk from the outputs
-/// numbers layers on first visit; node depths grow towards the inputs; layers are listed
-/// by decreasing depth, ties in walk order. (Each layer here is called once.)
-fn keras_order(layers: &[KLayer], outputs: &[String]) -> Vec<usize> {
-    let index: HashMap<&str, usize> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.name.as_str(), i))
-        .collect();
-    let mut walk_index: HashMap<usize, usize> = HashMap::new();
-    let mut finished: HashSet<usize> = HashSet::new();
-    let mut post: Vec<usize> = Vec::new();
-    fn visit(
-        i: usize,
-        layers: &[KLayer],
-        index: &HashMap<&str, usize>,
-        walk_index: &mut HashMap<usize, usize>,
-        finished: &mut HashSet<usize>,
-        post: &mut Vec<usize>,
-    ) {
-        if finished.contains(&i) {
-            return;
-        }
-        let n = walk_index.len();
-        walk_index.entry(i).or_insert(n);
-        for (l, _) in &layers[i].inbound {
-            if let Some(&j) = index.get(l.as_str()) {
-                visit(j, layers, index, walk_index, finished, post);
-            }
-        }
-        finished.insert(i);
-        post.push(i);
-    }
-    for o in outputs {
-        if let Some(&i) = index.get(o.as_str()) {
-            visit(i, layers, &index, &mut walk_index, &mut finished, &mut post);
-        }
-    }
-    let mut depth: HashMap<usize, usize> = HashMap::new();
-    for &i in post.iter().rev() {
-        let d = *depth.entry(i).or_insert(0);
-        for (l, _) in &layers[i].inbound {
-            if let Some(&j) = index.get(l.as_str()) {
-                let e = depth.entry(j).or_insert(0);
-                *e = (*e).max(d + 1);
-            }
-        }
-    }
-    let mut order: Vec<usize> = post.clone();
-    order.sort_by(|a, b| {
-        depth[b]
-            .cmp(&depth[a])
-            .then(walk_index[a].cmp(&walk_index[b]))
-    });
-    order
-}
-
-/// Keras's per-process layer names: `conv2d_1`, `conv2d_2`, ... per class prefix.
-#[derive(Default)]
-struct Namer(HashMap<&'static str, usize>);
-
-impl Namer {
-    fn next(&mut self, prefix: &'static str) -> String {
-        let n = self.0.entry(prefix).or_insert(0);
-        *n += 1;
-        format!("{prefix}_{n}")
-    }
-}
-
-/// SplitMix64 with Box-Muller: reproducible from `--seed`, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1).
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-    /// Keras 2.0.8 `truncated_normal`: redrawn outside two standard deviations.
-    fn truncated_normal(&mut self, n: usize, stddev: f64) -> Vec<f32> {
-        (0..n)
-            .map(|_| loop {
-                let z = self.normal();
-                if z.abs() <= 2.0 {
-                    break (z * stddev) as f32;
-                }
-            })
-            .collect()
-    }
-}
-
-const KERNEL_HE_NORMAL: &str = "he_normal";
-
-/// Builds the top layers in `add_top_layers`' creation order.
+/// The top layers in `add_top_layers`' creation order, on the shared Keras model builder
+/// (he_normal kernels, `l2(weight_decay)`, `Dropout(dropout)` throughout).
 struct TopBuilder<'a> {
     opts: &'a ReheadOptions,
-    names: Namer,
-    layers: Vec<KLayer>,
-    params: BTreeMap<String, Tensor>,
-    rng: Rng,
-    /// Output channels of each layer (0 where flat).
-    channels: HashMap<String, usize>,
+    b: ModelBuilder,
 }
 
 impl TopBuilder<'_> {
-    fn l2(&self) -> Value {
-        // Keras stores the regulariser factor as float32 (K.cast_to_floatx).
-        json!({"class_name": "L1L2", "config": {"l1": 0.0, "l2": self.opts.weight_decay as f64}})
-    }
-
-    fn init(kind: &str) -> Value {
-        match kind {
-            KERNEL_HE_NORMAL => {
-                json!({"class_name": "VarianceScaling", "config": {"scale": 2.0, "mode": "fan_in", "distribution": "normal", "seed": null}})
-            }
-            // glorot_uniform, Keras's Dense default.
-            _ => {
-                json!({"class_name": "VarianceScaling", "config": {"scale": 1.0, "mode": "fan_avg", "distribution": "uniform", "seed": null}})
-            }
-        }
-    }
-
-    fn push(
-        &mut self,
-        name: String,
-        class: &str,
-        config: Value,
-        input: &str,
-        node: usize,
-        channels: usize,
-    ) -> String {
-        self.channels.insert(name.clone(), channels);
-        self.layers.push(KLayer {
-            name: name.clone(),
-            class: class.into(),
-            config,
-            inbound: vec![(input.to_string(), node)],
-            nested: None,
-        });
-        name
-    }
-
-    fn he_normal(&mut self, shape: Vec<usize>) -> Result<Tensor> {
-        let fan_in: usize = shape[..shape.len() - 1].iter().product();
-        let n = shape.iter().product();
-        let data = self
-            .rng
-            .truncated_normal(n, (2.0 / fan_in.max(1) as f64).sqrt());
-        Tensor::new(shape, data)
-    }
-
     fn conv(
         &mut self,
         x: (&str, usize),
@@ -504,65 +313,21 @@ impl TopBuilder<'_> {
         strides: usize,
         padding: &str,
     ) -> Result<String> {
-        let name = self.names.next("conv2d");
-        let cin = self.channels[x.0];
-        let config = json!({
-            "name": name, "trainable": true, "filters": filters, "kernel_size": [k, k],
-            "strides": [strides, strides], "padding": padding, "data_format": "channels_last",
-            "dilation_rate": [1, 1], "activation": "linear", "use_bias": true,
-            "kernel_initializer": Self::init(KERNEL_HE_NORMAL),
-            "bias_initializer": {"class_name": "Zeros", "config": {}},
-            "kernel_regularizer": self.l2(), "bias_regularizer": null,
-            "activity_regularizer": null, "kernel_constraint": null, "bias_constraint": null,
-        });
-        let kernel = self.he_normal(vec![k, k, cin, filters])?;
-        self.params.insert(format!("{name}.kernel"), kernel);
-        self.params.insert(
-            format!("{name}.bias"),
-            Tensor::new(vec![filters], vec![0.0; filters])?,
-        );
-        Ok(self.push(name, "Conv2D", config, x.0, x.1, filters))
+        self.b.conv(x, filters, k, strides, padding, "linear", None)
     }
 
     /// `BatchNormalization(axis=CHANNEL_AXIS)` (3) in the residual units,
     /// `BatchNormalization()` (-1) in VGG blocks and FC layers.
     fn bn(&mut self, x: &str, axis: i64) -> Result<String> {
-        let name = self.names.next("batch_normalization");
-        let c = self.channels[x];
-        let config = json!({
-            "name": name, "trainable": true, "axis": axis, "momentum": 0.99, "epsilon": 0.001,
-            "center": true, "scale": true,
-            "beta_initializer": {"class_name": "Zeros", "config": {}},
-            "gamma_initializer": {"class_name": "Ones", "config": {}},
-            "moving_mean_initializer": {"class_name": "Zeros", "config": {}},
-            "moving_variance_initializer": {"class_name": "Ones", "config": {}},
-            "beta_regularizer": null, "gamma_regularizer": null,
-            "beta_constraint": null, "gamma_constraint": null,
-        });
-        for (slot, v) in [
-            ("gamma", 1.0),
-            ("beta", 0.0),
-            ("moving_mean", 0.0),
-            ("moving_variance", 1.0),
-        ] {
-            self.params
-                .insert(format!("{name}.{slot}"), Tensor::new(vec![c], vec![v; c])?);
-        }
-        Ok(self.push(name, "BatchNormalization", config, x, 0, c))
+        self.b.bn(x, axis, None)
     }
 
-    fn activation(&mut self, x: &str, act: &str) -> String {
-        let name = self.names.next("activation");
-        let c = self.channels[x];
-        let config = json!({"name": name, "trainable": true, "activation": act});
-        self.push(name, "Activation", config, x, 0, c)
+    fn activation(&mut self, x: &str, act: &str) -> Result<String> {
+        self.b.activation(x, act, None)
     }
 
-    fn dropout(&mut self, x: &str) -> String {
-        let name = self.names.next("dropout");
-        let c = self.channels[x];
-        let config = json!({"name": name, "trainable": true, "rate": self.opts.dropout as f64});
-        self.push(name, "Dropout", config, x, 0, c)
+    fn dropout(&mut self, x: &str) -> Result<String> {
+        self.b.dropout(x, self.opts.dropout as f64, None)
     }
 
     fn pool(
@@ -571,76 +336,21 @@ impl TopBuilder<'_> {
         class: &'static str,
         pool: usize,
         strides: usize,
-    ) -> String {
-        let prefix = if class == "MaxPooling2D" {
-            "max_pooling2d"
-        } else {
-            "average_pooling2d"
-        };
-        let name = self.names.next(prefix);
-        let c = self.channels[x.0];
-        let config = json!({
-            "name": name, "trainable": true, "pool_size": [pool, pool], "padding": "valid",
-            "strides": [strides, strides], "data_format": "channels_last",
-        });
-        self.push(name, class, config, x.0, x.1, c)
+    ) -> Result<String> {
+        self.b.pool(x, class, pool, strides, None)
     }
 
-    fn gap(&mut self, x: &str) -> String {
-        let name = self.names.next("global_average_pooling2d");
-        let c = self.channels[x];
-        let config = json!({"name": name, "trainable": true, "data_format": "channels_last"});
-        self.push(name, "GlobalAveragePooling2D", config, x, 0, c)
-    }
-
-    fn flatten(&mut self, x: &str, values: usize) -> String {
-        let name = self.names.next("flatten");
-        let config = json!({"name": name, "trainable": true});
-        self.push(name, "Flatten", config, x, 0, values)
-    }
-
-    /// A Dense; `weights`: given (kernel, bias) instead of he_normal + zeros.
+    /// A Dense; `weights`: given (kernel, bias) instead of initialised + zeros.
     fn dense(
         &mut self,
         x: &str,
         units: usize,
         activation: &str,
-        init: &str,
+        init: Init,
         weights: Option<(Tensor, Tensor)>,
     ) -> Result<String> {
-        let name = self.names.next("dense");
-        let cin = self.channels[x];
-        let config = json!({
-            "name": name, "trainable": true, "units": units, "activation": activation,
-            "use_bias": true, "kernel_initializer": Self::init(init),
-            "bias_initializer": {"class_name": "Zeros", "config": {}},
-            "kernel_regularizer": self.l2(), "bias_regularizer": null,
-            "activity_regularizer": null, "kernel_constraint": null, "bias_constraint": null,
-        });
-        let (kernel, bias) = match weights {
-            Some(w) => w,
-            None => (
-                self.he_normal(vec![cin, units])?,
-                Tensor::new(vec![units], vec![0.0; units])?,
-            ),
-        };
-        self.params.insert(format!("{name}.kernel"), kernel);
-        self.params.insert(format!("{name}.bias"), bias);
-        Ok(self.push(name, "Dense", config, x, 0, units))
-    }
-
-    fn add(&mut self, a: &str, b: &str) -> String {
-        let name = self.names.next("add");
-        let c = self.channels[a];
-        self.channels.insert(name.clone(), c);
-        self.layers.push(KLayer {
-            name: name.clone(),
-            class: "Add".into(),
-            config: json!({"name": name, "trainable": true}),
-            inbound: vec![(a.to_string(), 0), (b.to_string(), 0)],
-            nested: None,
-        });
-        name
+        self.b
+            .dense(x, units, activation, Some(init), weights, None)
     }
 
     /// `bottleneck_org`: conv1x1(strides)-BN-relu-Dropout, conv3x3-BN-relu-Dropout,
@@ -656,12 +366,12 @@ impl TopBuilder<'_> {
     ) -> Result<String> {
         let c1 = self.conv(x, depth, 1, strides, "same")?;
         let b1 = self.bn(&c1, 3)?;
-        let a1 = self.activation(&b1, "relu");
-        let d1 = self.dropout(&a1);
+        let a1 = self.activation(&b1, "relu")?;
+        let d1 = self.dropout(&a1)?;
         let c2 = self.conv((&d1, 0), depth, 3, 1, "same")?;
         let b2 = self.bn(&c2, 3)?;
-        let a2 = self.activation(&b2, "relu");
-        let d2 = self.dropout(&a2);
+        let a2 = self.activation(&b2, "relu")?;
+        let d2 = self.dropout(&a2)?;
         let c3 = self.conv((&d2, 0), depth * enlarge, 1, 1, "same")?;
         let residual = self.bn(&c3, 3)?;
         let shortcut = if identity {
@@ -670,9 +380,9 @@ impl TopBuilder<'_> {
             let s = self.conv(x, depth * enlarge, 1, strides, "valid")?;
             self.bn(&s, 3)?
         };
-        let sum = self.add(&shortcut, &residual);
-        let r = self.activation(&sum, "relu");
-        Ok(self.dropout(&r))
+        let sum = self.b.add(&shortcut, &residual, None)?;
+        let r = self.activation(&sum, "relu")?;
+        self.dropout(&r)
     }
 
     /// Conv blocks then GAP and Dropout (`add_residual_blocks` / `add_vgg_blocks`).
@@ -694,18 +404,18 @@ impl TopBuilder<'_> {
                     for _ in 0..b.repetitions {
                         let c = self.conv((&cur.0, cur.1), b.depth, 3, 1, "same")?;
                         let n = self.bn(&c, -1)?;
-                        let a = self.activation(&n, "relu");
-                        cur = (self.dropout(&a), 0);
+                        let a = self.activation(&n, "relu")?;
+                        cur = (self.dropout(&a)?, 0);
                     }
-                    cur = (self.pool((&cur.0, cur.1), "MaxPooling2D", 2, 2), 0);
+                    cur = (self.pool((&cur.0, cur.1), "MaxPooling2D", 2, 2)?, 0);
                 }
             }
             Top::Heatmap { .. } => {
                 return Err(Error::Other("a heatmap cannot follow a heatmap".into()))
             }
         }
-        let g = self.gap(&cur.0);
-        Ok(self.dropout(&g))
+        let g = self.b.gap(&cur.0, None)?;
+        self.dropout(&g)
     }
 }
 
@@ -1042,9 +752,11 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
         }
     };
 
-    let mut names_gen = Namer::default();
-    let input_name = names_gen.next("input");
-    let inner_name = names_gen.next("model");
+    let mut mb = ModelBuilder::new(opts.seed ^ 0xA11C_0417);
+    mb.kernel_init = Init::HeNormal;
+    mb.kernel_l2 = Some(opts.weight_decay);
+    let input_name = mb.auto_name("input");
+    let inner_name = mb.auto_name("model");
     // The inner model: the kept layers, in Keras's order for Model(patch.inputs, cut).
     let inner_layers: Vec<KLayer> = entries
         .iter()
@@ -1087,30 +799,14 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
         }
     }
 
-    let mut b = TopBuilder {
-        opts,
-        names: names_gen,
-        layers: Vec::new(),
-        params: BTreeMap::new(),
-        rng: Rng(opts.seed ^ 0xA11C_0417),
-        channels: HashMap::new(),
-    };
-    b.channels.insert(input_name.clone(), channels);
-    b.channels.insert(inner_name.clone(), cut_channels);
-    b.layers.push(KLayer {
-        name: input_name.clone(),
-        class: "InputLayer".into(),
-        config: json!({"batch_input_shape": [null, h, w, channels], "dtype": "float32", "sparse": false, "name": input_name}),
-        inbound: vec![],
-        nested: None,
-    });
-    b.layers.push(KLayer {
-        name: inner_name.clone(),
-        class: "Model".into(),
-        config: Value::Null,
-        inbound: vec![(input_name.clone(), 0)],
-        nested: Some(inner_config),
-    });
+    let input_name = mb.input((Some(h), Some(w)), channels, Some(&input_name));
+    mb.nested(
+        inner_name.clone(),
+        inner_config,
+        (&input_name, 0),
+        cut_channels,
+    );
+    let mut b = TopBuilder { opts, b: mb };
     let mut heatmap_dense = None;
     let final_dense;
     let top_layer_nb;
@@ -1120,7 +816,7 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
         Top::Resnet { .. } | Top::Vgg { .. } => {
             top_layer_nb = 2;
             let x = b.conv_top(&opts.top, (&block.0, block.1))?;
-            final_dense = vec![b.dense(&x, opts.classes, "softmax", KERNEL_HE_NORMAL, None)?];
+            final_dense = vec![b.dense(&x, opts.classes, "softmax", Init::HeNormal, None)?];
         }
         Top::Heatmap {
             avg,
@@ -1143,65 +839,60 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
             }
             let classes = kernel.shape[1];
             debug_assert!(map.0 > 0 && map.1 > 0);
-            let p = b.pool((&block.0, block.1), "AveragePooling2D", *avg, *stride);
-            let d = b.dropout(&p);
-            let hm = b.dense(&d, classes, "relu", "glorot_uniform", Some((kernel, bias)))?;
+            let p = b.pool((&block.0, block.1), "AveragePooling2D", *avg, *stride)?;
+            let d = b.dropout(&p)?;
+            let hm = b.dense(
+                &d,
+                classes,
+                "relu",
+                Init::GlorotUniform,
+                Some((kernel, bias)),
+            )?;
             heatmap_dense = Some(hm.clone());
-            let m = b.pool((&hm, 0), "MaxPooling2D", *pool, *pool);
+            let m = b.pool((&hm, 0), "MaxPooling2D", *pool, *pool)?;
             match after {
                 AfterHeatmap::Conv(top) => {
                     let x = b.conv_top(top, (&m, 0))?;
                     final_dense =
-                        vec![b.dense(&x, opts.classes, "softmax", KERNEL_HE_NORMAL, None)?];
+                        vec![b.dense(&x, opts.classes, "softmax", Init::HeNormal, None)?];
                 }
                 AfterHeatmap::Fc { units, shortcut } => {
                     let (mh, mw) = map;
-                    let f = b.flatten(&m, mh * mw * classes);
-                    let mut x = b.dropout(&f);
+                    let f = b.b.flatten(&m, mh * mw * classes, None);
+                    let mut x = b.dropout(&f)?;
                     for &u in units {
-                        let fc = b.dense(&x, u, "linear", KERNEL_HE_NORMAL, None)?;
+                        let fc = b.dense(&x, u, "linear", Init::HeNormal, None)?;
                         let n = b.bn(&fc, -1)?;
-                        let a = b.activation(&n, "relu");
-                        x = b.dropout(&a);
+                        let a = b.activation(&n, "relu")?;
+                        x = b.dropout(&a)?;
                     }
                     if *shortcut {
-                        let d1 = b.dense(&x, opts.classes, "linear", KERNEL_HE_NORMAL, None)?;
-                        let d2 = b.dense(&f, opts.classes, "linear", KERNEL_HE_NORMAL, None)?;
-                        let s = b.add(&d1, &d2);
-                        b.activation(&s, "softmax");
+                        let d1 = b.dense(&x, opts.classes, "linear", Init::HeNormal, None)?;
+                        let d2 = b.dense(&f, opts.classes, "linear", Init::HeNormal, None)?;
+                        let s = b.b.add(&d1, &d2, None)?;
+                        b.activation(&s, "softmax")?;
                         final_dense = vec![d1, d2];
                     } else {
                         final_dense =
-                            vec![b.dense(&x, opts.classes, "softmax", KERNEL_HE_NORMAL, None)?];
+                            vec![b.dense(&x, opts.classes, "softmax", Init::HeNormal, None)?];
                     }
                 }
             }
         }
     }
-    let outer_name = b.names.next("model");
-    let output = b.layers.last().map(|l| l.name.clone()).unwrap_or_default();
-    let order = keras_order(&b.layers, std::slice::from_ref(&output));
-    let config = json!({
-        "class_name": "Model",
-        "config": {
-            "name": outer_name,
-            "layers": order.iter().map(|&i| b.layers[i].to_json()).collect::<Vec<_>>(),
-            "input_layers": [[input_name, 0, 0]],
-            "output_layers": [[output, 0, 0]],
-        }
-    });
-    let frozen_in_stage1 = order
-        .iter()
-        .take(top_layer_nb)
-        .map(|&i| b.layers[i].name.clone())
-        .collect();
-    let new_params = b.params.values().map(Tensor::len).sum();
+    let mut mb = b.b;
+    let output = mb.layers.last().map(|l| l.name.clone()).unwrap_or_default();
+    let order = mb.order(&output);
+    let frozen_in_stage1 = order.iter().take(top_layer_nb).cloned().collect();
+    let new_params = mb.params.values().map(Tensor::len).sum();
     let new_layers = order
         .iter()
-        .map(|&i| b.layers[i].name.clone())
-        .filter(|n| *n != input_name && *n != inner_name)
+        .filter(|n| **n != input_name && **n != inner_name)
+        .cloned()
         .collect();
-    params.extend(std::mem::take(&mut b.params));
+    // The nested model's weights are under its name; the builder holds the new layers'.
+    params.extend(std::mem::take(&mut mb.params));
+    let KerasModel { config, .. } = mb.finish(&[&input_name], &output, None);
     let report = ReheadReport {
         recipe: opts.top.to_spec(),
         input_size: [h, w],
@@ -1227,8 +918,6 @@ pub fn rehead_keras(patch: &Graph, opts: &ReheadOptions) -> Result<(KerasModel, 
 /// `model_config`, so the `.h5` writer, the ONNX lowering, tract and tch take it as it is.
 pub fn rehead(patch: &Graph, opts: &ReheadOptions) -> Result<(Graph, ReheadReport)> {
     let (km, mut report) = rehead_keras(patch, opts)?;
-    let mut text = String::new();
-    crate::keras::writer::python_json(&km.config, &mut text);
     let source = Source {
         file: format!("{} re-headed ({})", patch.source.file, report.recipe),
         keras_version: Some("2.0.8".into()),
@@ -1238,9 +927,10 @@ pub fn rehead(patch: &Graph, opts: &ReheadOptions) -> Result<(Graph, ReheadRepor
         dialect: "Keras 2.0-2.2 (Model, keras_version 2.0.8)".into(),
         model_class: "Model".into(),
         warnings: vec![],
-        model_config: Some(text),
+        // Filled in with the config's text.
+        model_config: None,
     };
-    let g = crate::keras::graph_from_config(&km.config, &km.params, source, None)?;
+    let g = km.to_graph(source)?;
     if let Some(&o) = g.outputs.first() {
         report.output_shape = g.values[o]
             .shape
@@ -1292,44 +982,5 @@ mod tests {
         ] {
             assert!(bad.parse::<Top>().is_err(), "{bad} should be refused");
         }
-    }
-
-    #[test]
-    fn keras_order_follows_container_sorting() {
-        // add(shortcut, residual): the walk from the output visits the shortcut first, so
-        // at equal depth the shortcut's layers come first (as in genuine 2.0.8 configs).
-        let l = |name: &str, ins: &[&str]| KLayer {
-            name: name.into(),
-            class: "X".into(),
-            config: Value::Null,
-            inbound: ins.iter().map(|i| (i.to_string(), 0)).collect(),
-            nested: None,
-        };
-        let layers = vec![
-            l("in", &[]),
-            l("c1", &["in"]),
-            l("c2", &["c1"]),
-            l("sc", &["in"]),
-            l("bn_sc", &["sc"]),
-            l("add", &["bn_sc", "c2"]),
-        ];
-        let order: Vec<&str> = keras_order(&layers, &["add".into()])
-            .into_iter()
-            .map(|i| layers[i].name.as_str())
-            .collect();
-        assert_eq!(order, ["in", "sc", "c1", "bn_sc", "c2", "add"]);
-    }
-
-    #[test]
-    fn truncated_normal_is_seeded_and_bounded() {
-        let a = Rng(7).truncated_normal(10_000, 0.5);
-        assert_eq!(a, Rng(7).truncated_normal(10_000, 0.5));
-        assert_ne!(a, Rng(8).truncated_normal(10_000, 0.5));
-        assert!(a.iter().all(|x| x.abs() <= 1.0));
-        let mean = a.iter().map(|&x| x as f64).sum::<f64>() / a.len() as f64;
-        let var = a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
-        // A normal truncated at 2 sigma keeps 0.774 of the variance.
-        assert!(mean.abs() < 0.02, "{mean}");
-        assert!((var / 0.25 - 0.774).abs() < 0.03, "{var}");
     }
 }

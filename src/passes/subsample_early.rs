@@ -335,6 +335,7 @@ mod tests {
             class: "Layer".into(),
             depth: 0,
             trainable: true,
+            own_trainable: true,
             output: Some(v),
             weights: vec![],
         });

@@ -12,14 +12,16 @@ use tch::Tensor;
 /// The scalars of a run at the end of an epoch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunState {
-    /// Epochs finished, over both stages.
+    /// Epochs finished, over all stages.
     pub epochs_done: usize,
-    /// 1 or 2.
+    /// The schedule's stage, from 1.
     pub stage: usize,
     /// Epochs finished within the current stage.
     pub stage_epoch: usize,
     pub lr: f64,
-    pub best_val_auroc: Option<f64>,
+    /// The best value of the schedule's monitor (validation AUROC or accuracy).
+    #[serde(alias = "best_val_auroc")]
+    pub best_score: Option<f64>,
     pub best_epoch: Option<usize>,
     /// ReduceLROnPlateau / EarlyStopping state: best val_loss and epochs since it improved.
     pub plateau_best: Option<f64>,

@@ -1,11 +1,10 @@
-//! The paper's two-stage training (`do_2stage_training` in end2end-all-conv's
-//! dm_keras_ext.py): stage 1 freezes the model's first `top_layer_nb` layers and trains
-//! the rest at `init_lr`; stage 2 unfreezes everything and trains at
-//! `init_lr * all_layer_multiplier` with a fresh optimizer (the paper recompiles). Each
-//! stage runs Keras 2.0.8's callbacks on `val_loss` — EarlyStopping, and for SGD
-//! ReduceLROnPlateau (factor 0.5, min delta 1e-4), both reset at the start of a stage as
-//! Keras's `on_train_begin` does — and the best model by validation AUROC is kept, as the
-//! paper's `DMAucModelCheckpoint` does.
+//! The one training loop: [`fit`] runs a [`Schedule`] (the paper's two- and three-stage
+//! recipes are data, `super::schedule`), each stage a fresh optimizer over the layers it
+//! trains, with Keras 2.0.8's callbacks on `val_loss` — EarlyStopping, and where the
+//! schedule asks ReduceLROnPlateau (factor 0.5, min delta 1e-4), both reset at the start
+//! of a stage as Keras's `on_train_begin` does — and the best model kept by the
+//! schedule's monitor (validation AUROC, as the paper's `DMAucModelCheckpoint`, or
+//! validation accuracy, as `ModelCheckpoint(monitor='val_acc')`).
 //!
 //! Resumable: after every epoch the model (weights and BatchNorm statistics), the optimizer
 //! state, the best weights and the run's counters are written atomically
@@ -14,6 +13,7 @@
 //! checkpoint ends with the same weights as an uninterrupted run with the same seed.
 
 use super::checkpoint::{self, RunState};
+use super::schedule::{BestBy, Schedule};
 use super::{train_step, Flavour, GradScaler, Optimizer, Regularizers, TrainModel};
 use crate::data::dataset::{BatchOptions, Dataset, Weighting};
 use crate::data::roc::auroc;
@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// What to train and how; the names and defaults are `image_clf_train.py`'s.
+/// How to train, beside the schedule: data, batches, device, checkpoints.
 #[derive(Debug, Clone)]
 pub struct FitOptions {
     /// Class order: label = position (`--class-list neg pos`).
@@ -36,22 +36,10 @@ pub struct FitOptions {
     pub train_batch: usize,
     /// Validation and prediction batch (`--batch-size`).
     pub eval_batch: usize,
-    /// Stage-1 epochs (`--nb-epoch`) and stage-2 epochs (`--all-layer-epochs`).
-    pub nb_epoch: usize,
-    pub all_layer_epochs: usize,
-    pub optimizer: String,
-    pub init_lr: f64,
-    pub all_layer_multiplier: f64,
-    /// L2 of top-level Dense/Conv2D kernels per stage (applied where the flavour's Keras
-    /// applies a re-assigned regulariser: tf-keras; Keras 2.0.8 keeps the built one).
-    pub weight_decay: f64,
-    pub weight_decay2: f64,
+    /// The stages, their optimizer and callbacks.
+    pub schedule: Schedule,
     pub augmentation: bool,
     pub weighting: Weighting,
-    pub es_patience: usize,
-    pub lr_patience: usize,
-    /// Layers frozen in stage 1 (required when `nb_epoch > 0`).
-    pub top_layer_nb: Option<usize>,
     pub seed: u64,
     pub device: Device,
     pub flavour: Flavour,
@@ -77,6 +65,8 @@ pub struct EpochLog {
     pub val_acc: f64,
     pub val_auroc: Option<f64>,
     pub lr: f64,
+    /// The stage's name in the schedule ("last layer", "top layers", "all layers").
+    pub stage_name: String,
     pub images_per_s: f64,
     /// Share of the epoch's wall time the training loop waited for data.
     pub data_wait_share: f64,
@@ -88,9 +78,10 @@ pub struct EpochLog {
 #[derive(Debug)]
 pub struct FitResult {
     pub epochs: Vec<EpochLog>,
-    pub best_val_auroc: Option<f64>,
+    /// The best value of the schedule's monitor ([`BestBy`]) and its epoch.
+    pub best_score: Option<f64>,
     pub best_epoch: Option<usize>,
-    /// The model with the best validation AUROC (the last one when no AUROC was defined).
+    /// The model at the best epoch (the last one when the monitor was never defined).
     pub best: Graph,
     /// The model after the last epoch.
     pub last: Graph,
@@ -235,8 +226,200 @@ pub struct BatchProgress {
     pub elapsed_s: f64,
 }
 
-/// Train `graph` on `train`, validating on `val` after every epoch. `on_epoch` sees each
-/// epoch's log as it ends (progress, the JSONL log); `on_batch` each training batch.
+/// The model's class count must be the class list's.
+fn check_classes(graph: &Graph, class_list: &[String]) -> Result<()> {
+    let out_classes = graph
+        .outputs
+        .first()
+        .and_then(|&o| graph.values[o].shape.last())
+        .and_then(|d| d.known());
+    if out_classes != Some(class_list.len()) {
+        return Err(Error::Other(format!(
+            "the model outputs {} classes, --class-list has {} ({})",
+            out_classes.map_or("an unknown number of".into(), |c| c.to_string()),
+            class_list.len(),
+            class_list.join(" ")
+        )));
+    }
+    Ok(())
+}
+
+/// What a checkpoint must have been made with to be resumed.
+fn fingerprint(graph: &Graph, opts: &FitOptions) -> String {
+    format!(
+        "{}|{:?}|{}|{:?}|{}|{:?}|{}{}",
+        graph.total_params(),
+        opts.class_list,
+        opts.train_batch,
+        opts.schedule,
+        opts.augmentation,
+        opts.weighting,
+        opts.seed,
+        if opts.amp { "|amp" } else { "" }
+    )
+}
+
+/// A checkpoint's tensors, by the prefix [`save_checkpoint`] gave them.
+struct Restored {
+    model: Vec<(String, Tensor)>,
+    optim: Vec<(String, Tensor)>,
+    best: Vec<(String, Tensor)>,
+}
+
+fn split_checkpoint(tensors: Vec<(String, Tensor)>) -> Restored {
+    let mut r = Restored {
+        model: Vec::new(),
+        optim: Vec::new(),
+        best: Vec::new(),
+    };
+    for (k, t) in tensors {
+        if let Some(k) = k.strip_prefix("model/") {
+            r.model.push((k.to_string(), t));
+        } else if let Some(k) = k.strip_prefix("optim/") {
+            r.optim.push((k.to_string(), t));
+        } else if let Some(k) = k.strip_prefix("best/") {
+            r.best.push((k.to_string(), t));
+        }
+    }
+    r
+}
+
+fn save_checkpoint(
+    dir: &std::path::Path,
+    model: &TrainModel,
+    opt: &Optimizer,
+    best: Option<&Vec<(String, Tensor)>>,
+    state: &RunState,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = model
+        .variables()?
+        .into_iter()
+        .map(|(k, t)| (format!("model/{k}"), t))
+        .collect();
+    tensors.extend(
+        opt.state()
+            .into_iter()
+            .map(|(k, t)| (format!("optim/{k}"), t)),
+    );
+    if let Some(b) = best {
+        tensors.extend(
+            b.iter()
+                .map(|(k, t)| (format!("best/{k}"), t.shallow_clone())),
+        );
+    }
+    checkpoint::save(dir, &tensors, state)
+}
+
+/// One training epoch's totals.
+struct EpochTotals {
+    loss_sum: f64,
+    right: usize,
+    seen: usize,
+    data_wait_s: f64,
+}
+
+/// One pass over `train` with `train_step` per batch.
+#[allow(clippy::too_many_arguments)]
+fn train_epoch(
+    model: &TrainModel,
+    regs: &Regularizers,
+    opt: &mut Optimizer,
+    train: &Arc<Dataset>,
+    opts: &FitOptions,
+    epoch: usize,
+    scaler: Option<&mut GradScaler>,
+    on_batch: &mut dyn FnMut(&BatchProgress),
+) -> Result<EpochTotals> {
+    let t0 = Instant::now();
+    tch::manual_seed((opts.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9)) as i64);
+    let mut bo = BatchOptions::new(opts.train_batch, opts.seed);
+    bo.augment = opts.augmentation.then(Augment::paper);
+    bo.weighting = opts.weighting.clone();
+    bo.workers = opts.workers;
+    let mut it = train
+        .epoch(epoch as u64, &bo)
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let classes = opts.class_list.len();
+    let (mut loss_sum, mut right, mut seen) = (0f64, 0usize, 0usize);
+    let batches = it.n_batches();
+    let mut scaler = scaler;
+    for (batch, b) in it.by_ref().enumerate() {
+        let n = b.len();
+        let x = from_host(&b.shape, &b.x, opts.device)?;
+        let y = Tensor::from_slice(&b.one_hot(classes))
+            .f_reshape([n as i64, classes as i64])
+            .and_then(|t| t.f_to(opts.device))
+            .map_err(terr("labels"))?;
+        let w = Tensor::from_slice(&b.weights)
+            .f_to(opts.device)
+            .map_err(terr("weights"))?;
+        let r = train_step(model, regs, opt, &[x], &y, Some(&w), scaler.as_deref_mut())?;
+        loss_sum += r.loss * n as f64;
+        let pred: Vec<i64> = Vec::<i64>::try_from(
+            r.output
+                .f_argmax(-1, false)
+                .and_then(|t| t.f_to_kind(Kind::Int64))
+                .map_err(terr("argmax"))?,
+        )
+        .map_err(terr("argmax"))?;
+        right += pred
+            .iter()
+            .zip(&b.labels)
+            .filter(|(p, l)| **p as usize == **l)
+            .count();
+        seen += n;
+        let elapsed_s = t0.elapsed().as_secs_f64();
+        on_batch(&BatchProgress {
+            epoch: epoch + 1,
+            batch: batch + 1,
+            batches,
+            loss: loss_sum / seen as f64,
+            images_per_s: seen as f64 / elapsed_s.max(1e-9),
+            elapsed_s,
+        });
+    }
+    Ok(EpochTotals {
+        loss_sum,
+        right,
+        seen,
+        data_wait_s: it.stats().wait.as_secs_f64(),
+    })
+}
+
+/// Keras 2.0.8's `EarlyStopping` and `ReduceLROnPlateau` on `val_loss`, as their
+/// `on_epoch_end` count.
+fn epoch_end_callbacks(
+    state: &mut RunState,
+    opt: &mut Optimizer,
+    schedule: &Schedule,
+    val_loss: f64,
+) {
+    if let Some(patience) = schedule.callbacks.lr_patience {
+        if improved(state.plateau_best, val_loss, 1e-4) {
+            state.plateau_best = Some(val_loss);
+            state.plateau_wait = 0;
+        } else {
+            if state.plateau_wait >= patience {
+                opt.set_lr(opt.lr() * 0.5);
+                state.plateau_wait = 0;
+            }
+            state.plateau_wait += 1;
+        }
+    }
+    if improved(state.es_best, val_loss, 0.0) {
+        state.es_best = Some(val_loss);
+        state.es_wait = 0;
+    } else {
+        if state.es_wait >= schedule.callbacks.es_patience {
+            state.stopped_early = true;
+        }
+        state.es_wait += 1;
+    }
+}
+
+/// Train `graph` on `train` by `opts.schedule`, validating on `val` after every epoch.
+/// `on_epoch` sees each epoch's log as it ends (progress, the JSONL log); `on_batch`
+/// each training batch.
 pub fn fit(
     graph: &Graph,
     train: &Arc<Dataset>,
@@ -245,47 +428,21 @@ pub fn fit(
     on_epoch: &mut dyn FnMut(&EpochLog),
     on_batch: &mut dyn FnMut(&BatchProgress),
 ) -> Result<FitResult> {
-    if opts.nb_epoch > 0 && opts.top_layer_nb.is_none() {
-        return Err(Error::Other(
-            "--nb-epoch > 0 needs --top-layer-nb (the layers stage 1 freezes), as the paper's do_2stage_training".into(),
-        ));
-    }
-    let out_classes = graph
-        .outputs
+    check_classes(graph, &opts.class_list)?;
+    let schedule = &opts.schedule;
+    let first = schedule
+        .stages
         .first()
-        .and_then(|&o| graph.values[o].shape.last())
-        .and_then(|d| d.known());
-    if out_classes != Some(opts.class_list.len()) {
-        return Err(Error::Other(format!(
-            "the model outputs {} classes, --class-list has {} ({})",
-            out_classes.map_or("an unknown number of".into(), |c| c.to_string()),
-            opts.class_list.len(),
-            opts.class_list.join(" ")
-        )));
-    }
-    let fingerprint = format!(
-        "{}|{:?}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}{}",
-        graph.total_params(),
-        opts.class_list,
-        opts.train_batch,
-        opts.nb_epoch,
-        opts.all_layer_epochs,
-        opts.optimizer,
-        opts.init_lr,
-        opts.all_layer_multiplier,
-        opts.augmentation,
-        opts.weighting,
-        opts.seed,
-        if opts.amp { "|amp" } else { "" }
-    );
+        .ok_or_else(|| Error::Other("the schedule has no stage".into()))?;
+    let fingerprint = fingerprint(graph, opts);
     let mut model = TrainModel::new(graph, opts.device, opts.flavour)?;
     let mut regs = Regularizers::from_graph(graph)?;
     let mut state = RunState {
         epochs_done: 0,
-        stage: if opts.nb_epoch > 0 { 1 } else { 2 },
+        stage: 1,
         stage_epoch: 0,
-        lr: opts.init_lr,
-        best_val_auroc: None,
+        lr: first.lr,
+        best_score: None,
         best_epoch: None,
         plateau_best: None,
         plateau_wait: 0,
@@ -300,148 +457,72 @@ pub fn fit(
     let mut saved_opt: Option<Vec<(String, Tensor)>> = None;
     let mut resumed_after = None;
     if opts.resume {
-        match checkpoint::load(&opts.run_dir)? {
-            Some((tensors, s)) => {
-                if s.options_fingerprint != fingerprint {
-                    return Err(Error::Other(format!(
-                        "{}: the checkpoint was made with other options or another model; resume with the same command",
-                        opts.run_dir.display()
-                    )));
-                }
-                let (mut m, mut o, mut b) = (Vec::new(), Vec::new(), Vec::new());
-                for (k, t) in tensors {
-                    if let Some(r) = k.strip_prefix("model/") {
-                        m.push((r.to_string(), t));
-                    } else if let Some(r) = k.strip_prefix("optim/") {
-                        o.push((r.to_string(), t));
-                    } else if let Some(r) = k.strip_prefix("best/") {
-                        b.push((r.to_string(), t));
-                    }
-                }
-                model.load_variables(&m)?;
-                saved_opt = Some(o);
-                best_weights = (!b.is_empty()).then_some(b);
-                resumed_after = Some(s.epochs_done);
-                state = s;
-            }
-            None => {
-                return Err(Error::Other(format!(
-                    "--resume: no checkpoint in {}",
-                    opts.run_dir.display()
-                )))
-            }
+        let Some((tensors, s)) = checkpoint::load(&opts.run_dir)? else {
+            return Err(Error::Other(format!(
+                "--resume: no checkpoint in {}",
+                opts.run_dir.display()
+            )));
+        };
+        if s.options_fingerprint != fingerprint {
+            return Err(Error::Other(format!(
+                "{}: the checkpoint was made with other options or another model; resume with the same command",
+                opts.run_dir.display()
+            )));
         }
+        let r = split_checkpoint(tensors);
+        model.load_variables(&r.model)?;
+        saved_opt = Some(r.optim);
+        best_weights = (!r.best.is_empty()).then_some(r.best);
+        resumed_after = Some(s.epochs_done);
+        state = s;
     }
     let mut logs = Vec::new();
-    for stage in [1usize, 2] {
-        let epochs = if stage == 1 {
-            opts.nb_epoch
-        } else {
-            opts.all_layer_epochs
-        };
-        if epochs == 0 || stage < state.stage {
+    for (i, stage) in schedule.stages.iter().enumerate() {
+        let number = i + 1;
+        if number < state.stage {
             continue;
         }
-        if stage > state.stage {
-            // A new stage: Keras's callbacks start over (on_train_begin).
-            state.stage = stage;
+        if number > state.stage {
+            // A new `fit_generator`: Keras's callbacks start over (on_train_begin), the
+            // optimizer is compiled afresh.
+            state.stage = number;
             state.stage_epoch = 0;
             state.plateau_best = None;
             state.plateau_wait = 0;
             state.es_best = None;
             state.es_wait = 0;
             state.stopped_early = false;
-            state.lr = if stage == 1 {
-                opts.init_lr
-            } else {
-                opts.init_lr * opts.all_layer_multiplier
-            };
+            state.lr = stage.lr;
             saved_opt = None;
         }
-        if state.stopped_early || state.stage_epoch >= epochs {
+        if state.stopped_early || state.epochs_done >= stage.until_epoch {
             continue;
         }
-        if stage == 1 {
-            model.freeze_first(opts.top_layer_nb.unwrap_or(0))?;
-        } else {
-            model.set_frozen::<&str>(&[])?;
+        model.set_stage_trainable(&schedule.stages, i)?;
+        // Re-assigned L2 persists on the layer: every stage's so far, in order.
+        for s in &schedule.stages[..=i] {
+            if let Some(w) = s.weight_decay {
+                regs.stage_reassign(graph, w, opts.flavour);
+            }
         }
-        let wd = if stage == 1 {
-            opts.weight_decay
-        } else {
-            opts.weight_decay2
-        };
-        regs.stage_weight_decay(graph, wd, opts.flavour);
-        let stage_lr = if stage == 1 {
-            opts.init_lr
-        } else {
-            opts.init_lr * opts.all_layer_multiplier
-        };
-        let mut opt = Optimizer::paper(&opts.optimizer, stage_lr, opts.flavour)?;
+        let mut opt = Optimizer::paper(&schedule.optimizer, stage.lr, opts.flavour)?;
         if let Some(s) = saved_opt.take() {
             opt.load_state(&s)?;
         }
         opt.set_lr(state.lr);
-        while state.stage_epoch < epochs && !state.stopped_early {
+        while state.epochs_done < stage.until_epoch && !state.stopped_early {
             let epoch = state.epochs_done;
             let t0 = Instant::now();
-            tch::manual_seed((opts.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9)) as i64);
-            let mut bo = BatchOptions::new(opts.train_batch, opts.seed);
-            bo.augment = opts.augmentation.then(Augment::paper);
-            bo.weighting = opts.weighting.clone();
-            bo.workers = opts.workers;
-            let mut it = train
-                .epoch(epoch as u64, &bo)
-                .map_err(|e| Error::Other(e.to_string()))?;
-            let (mut loss_sum, mut right, mut seen) = (0f64, 0usize, 0usize);
-            let batches = it.n_batches();
-            let mut batch = 0;
-            for b in it.by_ref() {
-                let n = b.len();
-                let x = from_host(&b.shape, &b.x, opts.device)?;
-                let y = Tensor::from_slice(&b.one_hot(opts.class_list.len()))
-                    .f_reshape([n as i64, opts.class_list.len() as i64])
-                    .and_then(|t| t.f_to(opts.device))
-                    .map_err(terr("labels"))?;
-                let w = Tensor::from_slice(&b.weights)
-                    .f_to(opts.device)
-                    .map_err(terr("weights"))?;
-                let r = train_step(
-                    &model,
-                    &regs,
-                    &mut opt,
-                    &[x],
-                    &y,
-                    Some(&w),
-                    state.grad_scaler.as_mut(),
-                )?;
-                loss_sum += r.loss * n as f64;
-                let pred: Vec<i64> = Vec::<i64>::try_from(
-                    r.output
-                        .f_argmax(-1, false)
-                        .map_err(terr("argmax"))?
-                        .f_to_kind(Kind::Int64)
-                        .map_err(terr("argmax"))?,
-                )
-                .map_err(terr("argmax"))?;
-                right += pred
-                    .iter()
-                    .zip(&b.labels)
-                    .filter(|(p, l)| **p as usize == **l)
-                    .count();
-                seen += n;
-                batch += 1;
-                let elapsed_s = t0.elapsed().as_secs_f64();
-                on_batch(&BatchProgress {
-                    epoch: epoch + 1,
-                    batch,
-                    batches,
-                    loss: loss_sum / seen as f64,
-                    images_per_s: seen as f64 / elapsed_s.max(1e-9),
-                    elapsed_s,
-                });
-            }
-            let stats = it.stats().clone();
+            let totals = train_epoch(
+                &model,
+                &regs,
+                &mut opt,
+                train,
+                opts,
+                epoch,
+                state.grad_scaler.as_mut(),
+                on_batch,
+            )?;
             let train_s = t0.elapsed().as_secs_f64();
             let v = predict(&model, val, opts.eval_batch, false)?;
             let (ce, val_acc) = v.loss_acc();
@@ -452,14 +533,18 @@ pub fn fit(
                     .map_err(terr("penalty"))?;
             let val_auroc = v.auroc();
             let lr = opt.lr();
-            // The best model by validation AUROC (DMAucModelCheckpoint).
-            let best = match (val_auroc, state.best_val_auroc) {
+            let score = match schedule.callbacks.best_by {
+                BestBy::ValAuroc => val_auroc,
+                BestBy::ValAcc => Some(val_acc),
+            };
+            // Save-best-only: strictly better than every epoch before, in any stage.
+            let best = match (score, state.best_score) {
                 (Some(a), Some(b)) => a > b,
                 (Some(_), None) => true,
                 _ => false,
             };
             if best {
-                state.best_val_auroc = val_auroc;
+                state.best_score = score;
                 state.best_epoch = Some(epoch + 1);
                 best_weights = Some(
                     model
@@ -469,62 +554,27 @@ pub fn fit(
                         .collect(),
                 );
             }
-            // ReduceLROnPlateau (SGD only, as the paper) and EarlyStopping, Keras 2.0.8.
-            if opts.optimizer == "sgd" {
-                if improved(state.plateau_best, val_loss, 1e-4) {
-                    state.plateau_best = Some(val_loss);
-                    state.plateau_wait = 0;
-                } else {
-                    if state.plateau_wait >= opts.lr_patience {
-                        opt.set_lr(opt.lr() * 0.5);
-                        state.plateau_wait = 0;
-                    }
-                    state.plateau_wait += 1;
-                }
-            }
-            if improved(state.es_best, val_loss, 0.0) {
-                state.es_best = Some(val_loss);
-                state.es_wait = 0;
-            } else {
-                if state.es_wait >= opts.es_patience {
-                    state.stopped_early = true;
-                }
-                state.es_wait += 1;
-            }
+            epoch_end_callbacks(&mut state, &mut opt, schedule, val_loss);
             state.epochs_done += 1;
             state.stage_epoch += 1;
             state.lr = opt.lr();
+            let seen = totals.seen.max(1) as f64;
             let log = EpochLog {
                 epoch: state.epochs_done,
-                stage,
-                loss: loss_sum / seen.max(1) as f64,
-                acc: right as f64 / seen.max(1) as f64,
+                stage: number,
+                stage_name: stage.name.clone(),
+                loss: totals.loss_sum / seen,
+                acc: totals.right as f64 / seen,
                 val_loss,
                 val_acc,
                 val_auroc,
                 lr,
-                images_per_s: seen as f64 / train_s.max(1e-9),
-                data_wait_share: stats.wait.as_secs_f64() / train_s.max(1e-9),
+                images_per_s: totals.seen as f64 / train_s.max(1e-9),
+                data_wait_share: totals.data_wait_s / train_s.max(1e-9),
                 seconds: t0.elapsed().as_secs_f64(),
                 best,
             };
-            let mut tensors: Vec<(String, Tensor)> = model
-                .variables()?
-                .into_iter()
-                .map(|(k, t)| (format!("model/{k}"), t))
-                .collect();
-            tensors.extend(
-                opt.state()
-                    .into_iter()
-                    .map(|(k, t)| (format!("optim/{k}"), t)),
-            );
-            if let Some(b) = &best_weights {
-                tensors.extend(
-                    b.iter()
-                        .map(|(k, t)| (format!("best/{k}"), t.shallow_clone())),
-                );
-            }
-            checkpoint::save(&opts.run_dir, &tensors, &state)?;
+            save_checkpoint(&opts.run_dir, &model, &opt, best_weights.as_ref(), &state)?;
             on_epoch(&log);
             logs.push(log);
         }
@@ -536,7 +586,7 @@ pub fn fit(
     let best = graph_with_weights(graph, &model)?;
     Ok(FitResult {
         epochs: logs,
-        best_val_auroc: state.best_val_auroc,
+        best_score: state.best_score,
         best_epoch: state.best_epoch,
         best,
         last,

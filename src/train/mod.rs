@@ -19,13 +19,17 @@ pub mod checkpoint;
 pub mod fit;
 pub mod model;
 pub mod optim;
+pub mod patch;
 pub mod regularize;
+pub mod run;
+pub mod schedule;
 pub mod step;
 
 pub use amp::GradScaler;
 pub use model::TrainModel;
 pub use optim::{Optimizer, Rule};
 pub use regularize::{Regularizer, Regularizers};
+pub use schedule::{Assign, BestBy, Layers, Schedule, Stage};
 pub use step::{auto_batch_balance, class_weights_to_sample, keras_loss, train_step, StepReport};
 
 use crate::error::{Error, Result};

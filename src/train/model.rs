@@ -5,7 +5,7 @@ use super::Flavour;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Op};
 use crate::torch::{FitOutputs, FitSpec, TorchModel};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use tch::{Device, Tensor};
 
 /// Weight slots that never train (BatchNorm's moving statistics).
@@ -16,19 +16,13 @@ pub const NON_TRAINABLE_SLOTS: [&str; 2] = ["moving_mean", "moving_variance"];
 pub struct TrainModel {
     pub torch: TorchModel,
     pub flavour: Flavour,
-    /// Layer paths frozen on top of the file's own `trainable` flags (stage 1).
-    frozen: BTreeSet<String>,
+    /// Top-level layers whose `trainable` flag is set, replacing the file's (the
+    /// schedule's assignments, or a freeze).
+    assigned: BTreeMap<String, bool>,
     spec: FitSpec,
     /// `(param key "{layer}.{slot}", variable)` of every weight that trains now, in
     /// Keras's `trainable_weights` order.
     params: Vec<(String, Tensor)>,
-}
-
-fn under(path: &str, root: &str) -> bool {
-    path == root
-        || path
-            .strip_prefix(root)
-            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 impl TrainModel {
@@ -39,7 +33,7 @@ impl TrainModel {
         let mut m = TrainModel {
             torch,
             flavour,
-            frozen: BTreeSet::new(),
+            assigned: BTreeMap::new(),
             spec: FitSpec::default(),
             params: Vec::new(),
         };
@@ -51,21 +45,35 @@ impl TrainModel {
         &self.torch.graph
     }
 
-    /// Freeze exactly these layer paths (a nested model's path freezes every layer in
-    /// it) on top of the file's `trainable` flags; an empty list unfreezes them all
-    /// (stage 2). Every name must be a layer of the model.
+    /// Freeze exactly these top-level layers (a nested model freezes every layer in it),
+    /// every other layer keeping the file's flag; an empty list restores the file's flags.
+    /// Every name must be a top-level layer of the model.
     pub fn set_frozen<S: AsRef<str>>(&mut self, layers: &[S]) -> Result<()> {
-        let mut set = BTreeSet::new();
-        for l in layers {
-            let l = l.as_ref();
-            if !self.torch.graph.layers.iter().any(|r| under(&r.path, l)) {
+        self.set_assigned(
+            layers
+                .iter()
+                .map(|l| (l.as_ref().to_string(), false))
+                .collect(),
+        )
+    }
+
+    /// Set the `trainable` flag of these top-level layers, as Keras's
+    /// `layer.trainable = value` does; the others keep the file's.
+    pub fn set_assigned(&mut self, assigned: BTreeMap<String, bool>) -> Result<()> {
+        for l in assigned.keys() {
+            if !self
+                .torch
+                .graph
+                .layers
+                .iter()
+                .any(|r| r.depth == 0 && r.path == *l)
+            {
                 return Err(Error::Other(format!(
-                    "cannot freeze {l:?}: the model has no such layer"
+                    "cannot set {l:?} trainable or frozen: the model has no such top-level layer"
                 )));
             }
-            set.insert(l.to_string());
         }
-        self.frozen = set;
+        self.assigned = assigned;
         self.refresh()
     }
 
@@ -85,21 +93,38 @@ impl TrainModel {
         Ok(names)
     }
 
+    /// The top-level layers whose flag is set to `false` now.
     pub fn frozen(&self) -> impl Iterator<Item = &str> {
-        self.frozen.iter().map(String::as_str)
+        self.assigned
+            .iter()
+            .filter(|(_, t)| !**t)
+            .map(|(l, _)| l.as_str())
     }
 
-    /// Whether layer `path` trains now: its own (effective) `trainable` flag from the
-    /// file, and not under a frozen path.
+    /// Whether layer `path` trains now: every layer on its path (itself and the nested
+    /// models around it) is trainable, the top-level one by its assigned flag if it has
+    /// one, the others by the file's.
     pub fn layer_trainable(&self, path: &str) -> bool {
-        let own = self
-            .torch
-            .graph
-            .layers
+        let layers = &self.torch.graph.layers;
+        let own = |p: &str| {
+            layers
+                .iter()
+                .find(|r| r.path == p)
+                .is_none_or(|r| r.own_trainable)
+        };
+        let mut chain: Vec<&str> = path
+            .match_indices('/')
+            .map(|(i, _)| &path[..i])
+            .filter(|p| layers.iter().any(|r| r.path == *p))
+            .collect();
+        chain.push(path);
+        chain
             .iter()
-            .find(|r| r.path == path)
-            .is_none_or(|r| r.trainable);
-        own && !self.frozen.iter().any(|f| under(path, f))
+            .enumerate()
+            .all(|(i, p)| match self.assigned.get(*p) {
+                Some(&t) if i == 0 => t,
+                _ => own(p),
+            })
     }
 
     /// The weights that train now, `(param key, variable)`, in Keras's order (the file's

@@ -1,6 +1,7 @@
 //! Keras weight regularisers (`kernel_regularizer` and friends) read from the model's
 //! config, as penalty terms added to the loss: `l1 * sum(|w|) + l2 * sum(w^2)`.
 
+use super::schedule::{L2Reassign, L2Scope};
 use super::Flavour;
 use crate::error::{Error, Result};
 use crate::ir::Graph;
@@ -124,6 +125,34 @@ impl Regularizers {
     /// changed anything.
     pub fn stage_weight_decay(&mut self, g: &Graph, l2: f64, flavour: Flavour) -> bool {
         flavour.l2_reassignment_counts() && self.reassign_top_level(g, l2) > 0
+    }
+
+    /// A schedule stage's re-assigned L2 ([`L2Reassign`]) as genuine Keras of `flavour`
+    /// applies it: over its scope in tf-keras, not at all in Keras 2.0.8.
+    pub fn stage_reassign(&mut self, g: &Graph, w: L2Reassign, flavour: Flavour) -> bool {
+        if !flavour.l2_reassignment_counts() {
+            return false;
+        }
+        match w.scope {
+            L2Scope::DenseAndConv => self.reassign_top_level(g, w.l2) > 0,
+            L2Scope::LastLayer => {
+                // `org_model.layers[-1].kernel_regularizer.l2 = ...`: only where it has one.
+                let last = g
+                    .layers
+                    .iter()
+                    .rev()
+                    .find(|r| r.depth == 0)
+                    .map(|r| r.path.clone());
+                let mut n = 0;
+                for t in &mut self.terms {
+                    if Some(&t.layer) == last.as_ref() && t.slot == "kernel" {
+                        t.l2 = w.l2;
+                        n += 1;
+                    }
+                }
+                n > 0
+            }
+        }
     }
 
     /// The total penalty on the model's current weights (a scalar in the autograd graph).
