@@ -96,7 +96,7 @@ def main():
         ("train_step", "train_step_ref.py, dropout_probe.py", "genuine `train_on_batch` steps "
          "(tf-keras: 7 optimizers; Keras 2.0.8: sgd, adam, nadam) with L2, class/sample weights, "
          "a frozen BN, the two-stage freeze and the three-stage patch schedule with its "
-         "dropout masks (tests/train_step.rs)"),
+         "dropout masks, both also resumed from a stage-1 checkpoint (tests/train_step.rs)"),
         ("augment", "augment_ref.py (Keras 2.0.8)", "ImageDataGenerator transforms, inputs, "
          "parameters and outputs (tests/augment_keras.rs)"),
         ("compressed", "compress_fixture.py (h5py)", "k208_conv with gzip-compressed datasets "

@@ -12,7 +12,10 @@ recompile at lr * all_layer_multiplier). The `k208_patch_3stage_*` cases replay
 `do_3stage_training(use_pretrained=True)` on a `get_dl_model`-style patch classifier (a
 Conv2D-BN-relu base, GAP, Dropout(0.5), Dense(3, softmax, l2)): the last layer, then
 `model.layers[top_layer_nb:]` with `weight_decay2` and `hidden_dropout2` re-assigned, then all
-layers, each stage a fresh optimizer (run_patch3).
+layers, each stage a fresh optimizer (run_patch3). The `*_resumed*` cases run the same
+schedules (one step per stage) on the model `keras.models.load_model` reads back from a
+checkpoint `model.save`d in stage 1, as the paper's `--resume-from` starts; their model.h5 is
+that checkpoint, with the `trainable` flags this Keras wrote.
 
 Each case writes fixtures/train_step/<case>/: `steps.npz`, `meta.json`, `model.h5` (the
 untrained model as that Keras saved it, before compile) and `COMMAND`. Every case starts from

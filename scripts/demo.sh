@@ -106,6 +106,19 @@ $bin sample-patches $F/roi_mask_path.csv $F/masks $F/pat_train.txt $F/full \
     $out/patches/train $out/patches/val \
     --target-height 256 --patch-size 32 --nb-bkg 6 --nb-abn 4 --nb-hns 3 --val-size 0.25
 
+step "9d. The paper's second step: train a patch classifier (patch_clf_train.py's three stages)"
+# VGG16 from random weights on these patches (its smallest input, 32x32), background against
+# the four lesion folders as one class; then, from that model, the three stages the paper
+# runs from ImageNet weights (the last layer, layers[15:], all layers).
+C="background abnormal=calc_mal+calc_ben+mass_mal+mass_ben"
+common="--net vgg16 --img-size 32 32 --img-scale 255 --batch-size 16 --train-bs-multiplier 1 \
+    --optimizer adam --init-learningrate 0.0001 --class-list $C"
+$bin train-patch $out/patches/train $out/patches/val $out/patches/val $common \
+    --no-use-pretrained --nb-epoch 2 --best-model $out/patch/one.h5
+$bin train-patch $out/patches/train $out/patches/val $out/patches/val $common \
+    --resume-from $out/patch/one.h5 --nb-epoch 1 --top-layer-epochs 2 --all-layer-epochs 3 \
+    --best-model $out/patch/patch.h5 --log $out/patch/log.jsonl
+
 step "10. Every bundled fixture: Keras version, dialect, parameter count"
 for d in fixtures/*/; do
   [ -f "$d/expect.json" ] && { [ -f "$d/model.h5" ] || [ -f "$d/weights.h5" ]; } || continue

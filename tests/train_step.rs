@@ -19,7 +19,11 @@
 //! cases start the same schedule from a checkpoint Keras saved in stage 1 and loaded back
 //! with `load_model` (the paper's `--resume-from`): the file marks every layer but the
 //! classifier `trainable: false`, and stages 2 and 3 still train what Keras's assignments
-//! make trainable.
+//! make trainable. The `*_nested_2stage_resumed` cases do the same for
+//! [`Schedule::two_stage`] on the nested whole-image model: tf-keras's checkpoint marks the
+//! nested model and every layer in it `trainable: false`, and stage 2's assignment on the
+//! nested model trains them all (tf-keras's setter recurses); Keras 2.0.8's checkpoint
+//! records no flag for a nested model.
 
 mod common;
 

@@ -103,7 +103,9 @@ impl TrainModel {
 
     /// Whether layer `path` trains now: every layer on its path (itself and the nested
     /// models around it) is trainable, the top-level one by its assigned flag if it has
-    /// one, the others by the file's.
+    /// one, the others by the file's. In tf-keras an assignment to a nested model also
+    /// sets every layer inside it (its `trainable` setter recurses), so there an assigned
+    /// top-level flag decides alone; Keras 2.0.8's setter sets the model's own flag only.
     pub fn layer_trainable(&self, path: &str) -> bool {
         let layers = &self.torch.graph.layers;
         let own = |p: &str| {
@@ -118,6 +120,11 @@ impl TrainModel {
             .filter(|p| layers.iter().any(|r| r.path == *p))
             .collect();
         chain.push(path);
+        if self.flavour == Flavour::TfKeras {
+            if let Some(&t) = self.assigned.get(chain[0]) {
+                return t;
+            }
+        }
         chain
             .iter()
             .enumerate()
