@@ -40,28 +40,8 @@ fn duration(s: f64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_line_shows_the_bar_the_count_and_the_time_left() {
-        assert_eq!(
-            line(12, 40, 4.0, " loss 0.6931, 3.00 img/s"),
-            "[######--------------] 12/40 loss 0.6931, 3.00 img/s, 9 s left"
-        );
-        assert_eq!(line(40, 40, 8.0, ""), "[####################] 40/40");
-        assert_eq!(
-            line(1, 1000, 2.0, ""),
-            "[--------------------] 1/1000, 33 min 18 s left"
-        );
-        assert_eq!(line(0, 0, 0.0, ""), "[--------------------] 0/1");
-        assert_eq!(duration(7300.0), "2 h 1 min");
-    }
-}
-
-#[cfg(feature = "torch")]
 /// Progress and epoch lines on stderr (none with --json), then the run.
+#[cfg(feature = "torch")]
 pub fn train(
     job: &allconv::train::run::TrainJob,
     json: bool,
@@ -95,4 +75,24 @@ pub fn train(
         }
     };
     job.run(&mut on_epoch, &mut on_batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_shows_the_bar_the_count_and_the_time_left() {
+        assert_eq!(
+            line(12, 40, 4.0, " loss 0.6931, 3.00 img/s"),
+            "[######--------------] 12/40 loss 0.6931, 3.00 img/s, 9 s left"
+        );
+        assert_eq!(line(40, 40, 8.0, ""), "[####################] 40/40");
+        assert_eq!(
+            line(1, 1000, 2.0, ""),
+            "[--------------------] 1/1000, 33 min 18 s left"
+        );
+        assert_eq!(line(0, 0, 0.0, ""), "[--------------------] 0/1");
+        assert_eq!(duration(7300.0), "2 h 1 min");
+    }
 }

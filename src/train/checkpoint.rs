@@ -37,6 +37,41 @@ pub struct RunState {
     pub grad_scaler: Option<crate::train::GradScaler>,
 }
 
+impl RunState {
+    /// A run that has not started: stage 1 at its learning rate.
+    pub fn start(lr: f64, seed: u64, options_fingerprint: String, amp: bool) -> RunState {
+        RunState {
+            epochs_done: 0,
+            stage: 1,
+            stage_epoch: 0,
+            lr,
+            best_score: None,
+            best_epoch: None,
+            plateau_best: None,
+            plateau_wait: 0,
+            es_best: None,
+            es_wait: 0,
+            stopped_early: false,
+            seed,
+            options_fingerprint,
+            grad_scaler: amp.then(crate::train::GradScaler::default),
+        }
+    }
+
+    /// A new `fit_generator`: Keras's callbacks start over (`on_train_begin`); the best
+    /// score stays (the checkpoint callback object lives across stages).
+    pub fn begin_stage(&mut self, stage: usize, lr: f64) {
+        self.stage = stage;
+        self.stage_epoch = 0;
+        self.plateau_best = None;
+        self.plateau_wait = 0;
+        self.es_best = None;
+        self.es_wait = 0;
+        self.stopped_early = false;
+        self.lr = lr;
+    }
+}
+
 fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io {
         file: path.to_path_buf(),

@@ -417,6 +417,53 @@ fn epoch_end_callbacks(
     }
 }
 
+/// A checkpoint to continue from: its state, optimizer and best weights, the model's
+/// weights loaded. Refused if made with other options.
+struct Resumed {
+    state: RunState,
+    optim: Vec<(String, Tensor)>,
+    best: Option<Vec<(String, Tensor)>>,
+}
+
+fn restore(model: &TrainModel, run_dir: &std::path::Path, fingerprint: &str) -> Result<Resumed> {
+    let Some((tensors, state)) = checkpoint::load(run_dir)? else {
+        return Err(Error::Other(format!(
+            "--resume: no checkpoint in {}",
+            run_dir.display()
+        )));
+    };
+    if state.options_fingerprint != fingerprint {
+        return Err(Error::Other(format!(
+            "{}: the checkpoint was made with other options or another model; resume with the same command",
+            run_dir.display()
+        )));
+    }
+    let r = split_checkpoint(tensors);
+    model.load_variables(&r.model)?;
+    Ok(Resumed {
+        state,
+        optim: r.optim,
+        best: (!r.best.is_empty()).then_some(r.best),
+    })
+}
+
+/// The validation set after an epoch: Keras's `val_loss` (cross-entropy plus the
+/// regularisers), accuracy and AUROC of the last class.
+fn validate(
+    model: &TrainModel,
+    regs: &Regularizers,
+    val: &Arc<Dataset>,
+    batch: usize,
+) -> Result<(f64, f64, Option<f64>)> {
+    let v = predict(model, val, batch, false)?;
+    let (ce, acc) = v.loss_acc();
+    let penalty = regs
+        .penalty(&model.torch)?
+        .f_double_value(&[])
+        .map_err(terr("penalty"))?;
+    Ok((ce + penalty, acc, v.auroc()))
+}
+
 /// Train `graph` on `train` by `opts.schedule`, validating on `val` after every epoch.
 /// `on_epoch` sees each epoch's log as it ends (progress, the JSONL log); `on_batch`
 /// each training batch.
@@ -437,44 +484,12 @@ pub fn fit(
     let fingerprint = fingerprint(graph, opts);
     let mut model = TrainModel::new(graph, opts.device, opts.flavour)?;
     let mut regs = Regularizers::from_graph(graph)?;
-    let mut state = RunState {
-        epochs_done: 0,
-        stage: 1,
-        stage_epoch: 0,
-        lr: first.lr,
-        best_score: None,
-        best_epoch: None,
-        plateau_best: None,
-        plateau_wait: 0,
-        es_best: None,
-        es_wait: 0,
-        stopped_early: false,
-        seed: opts.seed,
-        options_fingerprint: fingerprint.clone(),
-        grad_scaler: opts.amp.then(GradScaler::default),
-    };
-    let mut best_weights: Option<Vec<(String, Tensor)>> = None;
-    let mut saved_opt: Option<Vec<(String, Tensor)>> = None;
-    let mut resumed_after = None;
+    let mut state = RunState::start(first.lr, opts.seed, fingerprint.clone(), opts.amp);
+    let (mut best_weights, mut saved_opt, mut resumed_after) = (None, None, None);
     if opts.resume {
-        let Some((tensors, s)) = checkpoint::load(&opts.run_dir)? else {
-            return Err(Error::Other(format!(
-                "--resume: no checkpoint in {}",
-                opts.run_dir.display()
-            )));
-        };
-        if s.options_fingerprint != fingerprint {
-            return Err(Error::Other(format!(
-                "{}: the checkpoint was made with other options or another model; resume with the same command",
-                opts.run_dir.display()
-            )));
-        }
-        let r = split_checkpoint(tensors);
-        model.load_variables(&r.model)?;
-        saved_opt = Some(r.optim);
-        best_weights = (!r.best.is_empty()).then_some(r.best);
-        resumed_after = Some(s.epochs_done);
-        state = s;
+        let r = restore(&model, &opts.run_dir, &fingerprint)?;
+        resumed_after = Some(r.state.epochs_done);
+        (state, saved_opt, best_weights) = (r.state, Some(r.optim), r.best);
     }
     let mut logs = Vec::new();
     for (i, stage) in schedule.stages.iter().enumerate() {
@@ -483,27 +498,17 @@ pub fn fit(
             continue;
         }
         if number > state.stage {
-            // A new `fit_generator`: Keras's callbacks start over (on_train_begin), the
-            // optimizer is compiled afresh.
-            state.stage = number;
-            state.stage_epoch = 0;
-            state.plateau_best = None;
-            state.plateau_wait = 0;
-            state.es_best = None;
-            state.es_wait = 0;
-            state.stopped_early = false;
-            state.lr = stage.lr;
+            state.begin_stage(number, stage.lr);
             saved_opt = None;
         }
         if state.stopped_early || state.epochs_done >= stage.until_epoch {
             continue;
         }
+        // A stage's `trainable` assignments and re-assigned L2 persist on the layers:
+        // every stage's so far, in order; then a fresh optimizer (Keras's `compile`).
         model.set_stage_trainable(&schedule.stages, i)?;
-        // Re-assigned L2 persists on the layer: every stage's so far, in order.
-        for s in &schedule.stages[..=i] {
-            if let Some(w) = s.weight_decay {
-                regs.stage_reassign(graph, w, opts.flavour);
-            }
+        for w in schedule.stages[..=i].iter().filter_map(|s| s.weight_decay) {
+            regs.stage_reassign(graph, w, opts.flavour);
         }
         let mut opt = Optimizer::paper(&schedule.optimizer, stage.lr, opts.flavour)?;
         if let Some(s) = saved_opt.take() {
@@ -513,46 +518,24 @@ pub fn fit(
         while state.epochs_done < stage.until_epoch && !state.stopped_early {
             let epoch = state.epochs_done;
             let t0 = Instant::now();
+            let scaler = state.grad_scaler.as_mut();
             let totals = train_epoch(
-                &model,
-                &regs,
-                &mut opt,
-                train,
-                opts,
-                epoch,
-                state.grad_scaler.as_mut(),
-                on_batch,
+                &model, &regs, &mut opt, train, opts, epoch, scaler, on_batch,
             )?;
             let train_s = t0.elapsed().as_secs_f64();
-            let v = predict(&model, val, opts.eval_batch, false)?;
-            let (ce, val_acc) = v.loss_acc();
-            let val_loss = ce
-                + regs
-                    .penalty(&model.torch)?
-                    .f_double_value(&[])
-                    .map_err(terr("penalty"))?;
-            let val_auroc = v.auroc();
+            let (val_loss, val_acc, val_auroc) = validate(&model, &regs, val, opts.eval_batch)?;
             let lr = opt.lr();
             let score = match schedule.callbacks.best_by {
                 BestBy::ValAuroc => val_auroc,
                 BestBy::ValAcc => Some(val_acc),
             };
             // Save-best-only: strictly better than every epoch before, in any stage.
-            let best = match (score, state.best_score) {
-                (Some(a), Some(b)) => a > b,
-                (Some(_), None) => true,
-                _ => false,
-            };
+            let best = score.is_some_and(|a| state.best_score.is_none_or(|b| a > b));
             if best {
                 state.best_score = score;
                 state.best_epoch = Some(epoch + 1);
-                best_weights = Some(
-                    model
-                        .variables()?
-                        .into_iter()
-                        .map(|(k, t)| (k, t.detach().copy()))
-                        .collect(),
-                );
+                let copy = model.variables()?.into_iter();
+                best_weights = Some(copy.map(|(k, t)| (k, t.detach().copy())).collect());
             }
             epoch_end_callbacks(&mut state, &mut opt, schedule, val_loss);
             state.epochs_done += 1;
