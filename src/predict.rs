@@ -34,10 +34,11 @@ pub struct PredictArgs {
     /// Threads in all (default: every available core), shared among the --jobs.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Runtime: `tract` (ONNX), `torch` (libtorch, Keras .h5 models only), or `auto`: torch
-    /// for a .h5 where this build has libtorch (faster on x86 CPUs: docs/benchmarks.md),
-    /// tract otherwise.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "tract", "torch"])]
+    /// Runtime: `tract`, `ort` (ONNX Runtime, loaded at run time: docs/engines.md),
+    /// `torch` (libtorch, Keras .h5 models only), or `auto`: torch for a .h5 where this
+    /// build has libtorch, ort for an .onnx file where ONNX Runtime loads, tract otherwise
+    /// (the engine chosen is named on stderr and in --json).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tract", "ort", "torch"])]
     pub backend: String,
     /// Images scored at once on tract, each on threads/jobs threads (default: one per
     /// thread, at most one per image; always one with torch, which spreads one run over the
@@ -119,6 +120,20 @@ mod imp {
         /// not `Sync`, and one run already spreads over the threads).
         #[cfg(feature = "torch")]
         Torch(Mutex<Box<allconv::torch::TorchModel>>),
+        /// ONNX Runtime: the file's bytes (or a Keras graph exported at each size), one
+        /// session per input size; one run at a time, spread over the threads.
+        #[cfg(feature = "ort")]
+        Ort {
+            source: OrtSource,
+            sessions: Mutex<HashMap<(usize, usize), Arc<allconv::runtime::OrtModel>>>,
+        },
+    }
+
+    #[cfg(feature = "ort")]
+    enum OrtSource {
+        File(Vec<u8>),
+        #[cfg(feature = "keras")]
+        Keras(Box<Graph>),
     }
 
     struct Model {
@@ -141,12 +156,65 @@ mod imp {
     }
 
     impl Model {
+        /// libtorch and ONNX Runtime spread one run over every thread: one job.
         fn is_torch(&self) -> bool {
             #[cfg(feature = "torch")]
             if matches!(self.engine, Engine::Torch(_)) {
                 return true;
             }
+            #[cfg(feature = "ort")]
+            if matches!(self.engine, Engine::Ort { .. }) {
+                return true;
+            }
             false
+        }
+
+        /// The engine's name, as `--json` and stderr report it.
+        fn engine_name(&self) -> &'static str {
+            match &self.engine {
+                #[cfg(feature = "torch")]
+                Engine::Torch(_) => "torch",
+                #[cfg(feature = "ort")]
+                Engine::Ort { .. } => "ort",
+                _ => "tract",
+            }
+        }
+
+        /// The ONNX Runtime session at (h, w), made by the first run that needs it.
+        #[cfg(feature = "ort")]
+        fn ort_session(&self, h: usize, w: usize) -> Res<Arc<allconv::runtime::OrtModel>> {
+            let Engine::Ort { source, sessions } = &self.engine else {
+                return Err("internal: not an ONNX Runtime model".into());
+            };
+            let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = sessions.get(&(h, w)) {
+                return Ok(Arc::clone(s));
+            }
+            let shape = if self.nchw {
+                vec![1, self.channels, h, w]
+            } else {
+                vec![1, h, w, self.channels]
+            };
+            let bytes: std::borrow::Cow<'_, [u8]> = match source {
+                OrtSource::File(b) => std::borrow::Cow::Borrowed(b),
+                #[cfg(feature = "keras")]
+                OrtSource::Keras(g) => {
+                    let opts = ExportOptions {
+                        input_size: Some(vec![h, w]),
+                        ..Default::default()
+                    };
+                    std::borrow::Cow::Owned(
+                        onnx::export(g, &opts)
+                            .and_then(|e| e.to_bytes())
+                            .map_err(|e| format!("converting the model at {h}x{w}: {e}"))?,
+                    )
+                }
+            };
+            let m = allconv::runtime::OrtModel::load(&bytes, &shape, self.threads)
+                .map_err(|e| format!("loading the model at {h}x{w}: {e}"))?;
+            let m = Arc::new(m);
+            sessions.insert((h, w), Arc::clone(&m));
+            Ok(m)
         }
 
         /// The plan at (h, w), optimised by the first job that needs it.
@@ -162,6 +230,8 @@ mod imp {
                     Engine::File(f) => f.load(&[shape], 1),
                     #[cfg(feature = "torch")]
                     Engine::Torch(_) => return Err("internal: no tract plan for torch".into()),
+                    #[cfg(feature = "ort")]
+                    Engine::Ort { .. } => return Err("internal: no tract plan for ort".into()),
                     #[cfg(feature = "keras")]
                     Engine::Keras(g) => {
                         let opts = ExportOptions {
@@ -290,7 +360,7 @@ mod imp {
                 _ => None,
             };
             Ok(Model {
-                engine: Engine::File(Box::new(file)),
+                engine: file_engine(args, file)?,
                 nchw,
                 channels,
                 fixed_hw,
@@ -369,11 +439,62 @@ mod imp {
         }
     }
 
+    /// The engine for an ONNX or NNEF file: ONNX Runtime for `--backend ort`, or for `auto`
+    /// on an ONNX file where the library loads; tract otherwise.
+    fn file_engine(args: &PredictArgs, file: ModelFile) -> Res<Engine> {
+        let onnx = file.format == allconv::runtime::Format::Onnx;
+        let ort = match args.backend.as_str() {
+            "ort" if !onnx => {
+                return Err(format!(
+                    "{}: --backend ort runs ONNX files; an NNEF file runs in tract",
+                    file.path.display()
+                ))
+            }
+            "ort" => {
+                allconv::runtime::Engine::ort().map_err(|e| e.to_string())?;
+                true
+            }
+            "auto" => onnx && ort_loads(),
+            _ => false,
+        };
+        #[cfg(feature = "ort")]
+        if ort {
+            allconv::runtime::ort::library().map_err(|e| e.to_string())?;
+            let bytes = allconv::files::read(&file.path).map_err(|e| e.to_string())?;
+            return Ok(Engine::Ort {
+                source: OrtSource::File(bytes),
+                sessions: Mutex::new(HashMap::new()),
+            });
+        }
+        let _ = ort;
+        Ok(Engine::File(Box::new(file)))
+    }
+
+    /// Whether ONNX Runtime opens here (`--backend auto`).
+    fn ort_loads() -> bool {
+        #[cfg(feature = "ort")]
+        return allconv::runtime::ort::available().is_ok();
+        #[cfg(not(feature = "ort"))]
+        false
+    }
+
     /// tract (ONNX in memory) or libtorch for a Keras graph, as `--backend` says, and
     /// whether the engine takes the grey image as one channel (libtorch: predict feeds grey
     /// images only, so a 3-channel model always gets three equal channels).
     #[cfg(feature = "keras")]
     fn keras_engine(args: &PredictArgs, g: Graph, threads: usize) -> Res<(Engine, bool)> {
+        if args.backend == "ort" {
+            allconv::runtime::Engine::ort().map_err(|e| e.to_string())?;
+            #[cfg(feature = "ort")]
+            {
+                allconv::runtime::ort::library().map_err(|e| e.to_string())?;
+                let engine = Engine::Ort {
+                    source: OrtSource::Keras(Box::new(g)),
+                    sessions: Mutex::new(HashMap::new()),
+                };
+                return Ok((engine, false));
+            }
+        }
         #[cfg(feature = "torch")]
         if args.backend != "tract" {
             let mut g = g;
@@ -404,6 +525,8 @@ mod imp {
         spec: String,
         source: String,
         tta: &'static str,
+        /// tract, ort or torch.
+        engine: &'static str,
     }
 
     fn plan_preprocess(args: &PredictArgs, m: &Model) -> Res<Plan> {
@@ -487,6 +610,7 @@ mod imp {
             spec,
             source,
             tta,
+            engine: m.engine_name(),
         })
     }
 
@@ -548,6 +672,16 @@ mod imp {
                 .map_err(|e| e.to_string())?;
             let o = outs.first().ok_or("the model has no output")?;
             let o = to_host(o).map_err(|e| e.to_string())?;
+            return Ok((o.data, o.shape));
+        }
+        #[cfg(feature = "ort")]
+        if matches!(m.engine, Engine::Ort { .. }) {
+            let session = m.ort_session(h, w)?;
+            let mut outs = session.run(&data).map_err(|e| e.to_string())?;
+            if outs.is_empty() {
+                return Err("the model has no output".into());
+            }
+            let o = outs.swap_remove(0);
             return Ok((o.data, o.shape));
         }
         let key = (h, w);
@@ -1121,6 +1255,8 @@ mod imp {
         pub preprocess_source: String,
         /// How TTA ran (`off`, host, in-graph).
         pub tta: String,
+        /// The engine that ran the model (tract, ort, torch).
+        pub engine: String,
         /// The model applies 4-flip TTA in its graph (ONNX metadata): no single-view scores.
         pub in_graph_tta: bool,
         pub images: Vec<ImageScores>,
@@ -1135,6 +1271,7 @@ mod imp {
             preprocess: plan.spec,
             preprocess_source: plan.source,
             tta: plan.tta.to_string(),
+            engine: plan.engine.to_string(),
             in_graph_tta,
             images: rows
                 .into_iter()
@@ -1167,6 +1304,7 @@ mod imp {
                         "file": r.file.display().to_string(),
                         "preprocess": plan.spec,
                         "preprocess_source": plan.source,
+                        "engine": plan.engine,
                         "tta": plan.tta,
                     });
                     match &r.result {
@@ -1195,8 +1333,8 @@ mod imp {
             }
         } else if args.csv {
             eprintln!(
-                "preprocess: {} [{}]; tta: {}",
-                plan.spec, plan.source, plan.tta
+                "preprocess: {} [{}]; tta: {}; engine: {}",
+                plan.spec, plan.source, plan.tta, plan.engine
             );
             let mut head = vec!["file".to_string()];
             head.extend((0..classes).map(|i| format!("p{i}")));
@@ -1220,6 +1358,7 @@ mod imp {
             outln!(out, "model:      {}", args.model.display());
             outln!(out, "preprocess: {} [{}]", plan.spec, plan.source);
             outln!(out, "tta:        {}", plan.tta);
+            outln!(out, "engine:     {}", plan.engine);
             let width = rows
                 .iter()
                 .map(|r| r.file.display().to_string().len())

@@ -305,3 +305,112 @@ fn a_missing_or_unloadable_library_is_a_clear_error() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// `predict --backend auto` runs an ONNX file on ONNX Runtime where the library loads and
+/// says so; its scores equal tract's within the cross-runtime bound, and a Keras `.h5`
+/// runs on ONNX Runtime with `--backend ort` (exported at the image's size) as well. An
+/// NNEF file is refused by `--backend ort` by name. Without the library, `auto` falls
+/// back to tract.
+#[test]
+fn predict_auto_picks_ort_and_scores_as_tract_does() {
+    if !ort_ready() {
+        return;
+    }
+    let tmp = tmp_dir("predict");
+    let h5 = common::fixtures_dir().join("k208tf_resnet50_whole_resnet/model.h5");
+    let onnx = tmp.join("whole.onnx");
+    let (code, _, err) = allconv(
+        &[
+            "convert".as_ref(),
+            h5.as_os_str(),
+            "-o".as_ref(),
+            onnx.as_os_str(),
+            "--input-size".as_ref(),
+            "225x177".as_ref(),
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let images: Vec<PathBuf> = ["mdb001.pgm", "mdb028.pgm", "mdb001_16.png"]
+        .iter()
+        .map(|f| common::fixtures_dir().join("images").join(f))
+        .collect();
+    let scores =
+        |model: &Path, backend: &str, env: Option<(&str, &Path)>| -> Vec<(String, Vec<f64>)> {
+            let mut args: Vec<&std::ffi::OsStr> = vec![
+                "predict".as_ref(),
+                model.as_os_str(),
+                "--preprocess".as_ref(),
+                "rescale=0.0078125,mean=0.5,size=225x177".as_ref(),
+                "--backend".as_ref(),
+                backend.as_ref(),
+                "--json".as_ref(),
+            ];
+            args.extend(images.iter().map(|p| p.as_os_str()));
+            let (code, out, err) = allconv(&args, env);
+            assert_eq!(code, Some(0), "{backend}: {err}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|o| {
+                    let p = o["probabilities"].as_array().unwrap();
+                    (
+                        o["engine"].as_str().unwrap().to_string(),
+                        p.iter().map(|x| x.as_f64().unwrap()).collect(),
+                    )
+                })
+                .collect()
+        };
+    let tract = scores(&onnx, "tract", None);
+    let auto = scores(&onnx, "auto", None);
+    let from_h5 = scores(&h5, "ort", None);
+    assert_eq!(tract.len(), images.len());
+    let bound = f64::from(allconv::verify::CROSS_RUNTIME_ATOL);
+    for (name, run) in [("auto", &auto), ("ort on the .h5", &from_h5)] {
+        for ((engine, p), (t_engine, t)) in run.iter().zip(&tract) {
+            assert_eq!(
+                (engine.as_str(), t_engine.as_str()),
+                ("ort", "tract"),
+                "{name}"
+            );
+            let d = p
+                .iter()
+                .zip(t)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f64, f64::max);
+            assert!(d <= bound, "{name}: {d:e} from tract (bound {bound:e})");
+        }
+    }
+    // No library: auto is tract.
+    let missing = tmp.join("nowhere/libonnxruntime.so");
+    let fallback = scores(&onnx, "auto", Some(("ORT_DYLIB_PATH", &missing)));
+    assert!(fallback.iter().all(|(e, _)| e == "tract"));
+    // NNEF runs in tract only.
+    let nnef = tmp.join("whole.nnef.tgz");
+    let (code, _, err) = allconv(
+        &[
+            "convert".as_ref(),
+            h5.as_os_str(),
+            "-o".as_ref(),
+            nnef.as_os_str(),
+            "--input-size".as_ref(),
+            "225x177".as_ref(),
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = allconv(
+        &[
+            "predict".as_ref(),
+            nnef.as_os_str(),
+            "--backend".as_ref(),
+            "ort".as_ref(),
+            images[0].as_os_str(),
+        ],
+        None,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--backend ort runs ONNX files"), "{err}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -63,8 +63,8 @@ pub struct EvaluateArgs {
     /// Threads in all (default: every available core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Runtime, as `predict --backend`.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "tract", "torch"])]
+    /// Runtime, as `predict --backend`: auto, tract, ort or torch.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tract", "ort", "torch"])]
     pub backend: String,
     /// Print the report as one JSON object.
     #[arg(long)]
@@ -79,6 +79,8 @@ struct Output {
     preprocess: Option<String>,
     preprocess_source: Option<String>,
     tta: String,
+    /// The engine that ran the model (none from a scores file).
+    engine: Option<String>,
     #[serde(flatten)]
     report: EvalReport,
     outputs: Outputs,
@@ -96,6 +98,7 @@ struct Scored {
     preprocess: Option<String>,
     preprocess_source: Option<String>,
     tta: String,
+    engine: Option<String>,
     warnings: Vec<String>,
 }
 
@@ -256,6 +259,7 @@ fn score(a: &EvaluateArgs) -> Result<Scored, String> {
         preprocess: Some(run.preprocess),
         preprocess_source: Some(run.preprocess_source),
         tta: run.tta,
+        engine: Some(run.engine),
         warnings,
     })
 }
@@ -280,6 +284,7 @@ fn run(a: &EvaluateArgs) -> Result<Output, String> {
                     preprocess: None,
                     preprocess_source: None,
                     tta: tta.into(),
+                    engine: None,
                     warnings: Vec::new(),
                 },
                 csv.display().to_string(),
@@ -339,6 +344,7 @@ fn run(a: &EvaluateArgs) -> Result<Output, String> {
         preprocess: scored.preprocess,
         preprocess_source: scored.preprocess_source,
         tta: scored.tta,
+        engine: scored.engine,
         report,
         outputs: Outputs {
             scores: a.scores.as_ref().map(|p| p.display().to_string()),
@@ -388,6 +394,9 @@ fn text(o: &Output) -> String {
         s += &format!("preprocess:  {p} [{src}]\n");
     }
     s += &format!("tta:         {}\n", o.tta);
+    if let Some(e) = &o.engine {
+        s += &format!("engine:      {e}\n");
+    }
     if let Some(b) = &r.binary {
         s += &format!(
             "\npositive class {:?}: {} positive, {} negative; 95% intervals, bootstrap {} resamples (seed {})\n",
