@@ -112,6 +112,11 @@ fn folders_warnings_and_predict_pipeline() {
     let rev = vec!["pos".to_string(), "neg".to_string()];
     let ds2 = Dataset::from_folders(&root, &rev, &DatasetOptions::new(prep())).unwrap();
     assert_eq!(ds2.class_counts(), vec![3, 5]);
+    // NAME=FOLDER+FOLDER: both folders as one class, named NAME.
+    let merged = vec!["all=neg+pos".to_string()];
+    let ds3 = Dataset::from_folders(&root, &merged, &DatasetOptions::new(prep())).unwrap();
+    assert_eq!(ds3.class_counts(), vec![8]);
+    assert_eq!(ds3.classes(), ["all".to_string()]);
 }
 
 #[test]
@@ -152,6 +157,15 @@ fn folder_errors_name_the_folder() {
         e.contains("broken") && e.contains("no readable image"),
         "{e}"
     );
+    // A folder given to two classes, a malformed merge.
+    let e = msg(Dataset::from_folders(
+        &root,
+        &["a=neg".into(), "b=neg+pos".into()],
+        &opts,
+    ));
+    assert!(e.contains("folder 'neg' is given to two classes"), "{e}");
+    let e = msg(Dataset::from_folders(&root, &["a=neg+".into()], &opts));
+    assert!(e.contains("NAME=FOLDER+FOLDER"), "{e}");
     // Missing root, duplicate class, no size.
     assert!(msg(Dataset::from_folders(&root.join("nope"), &classes(), &opts)).contains("nope"));
     assert!(msg(Dataset::from_folders(

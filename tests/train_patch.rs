@@ -377,7 +377,9 @@ fn bad_options_are_refused_by_name() {
         ),
         (&["--net", "inception"], "inception"),
         (
-            &["--net", "yaroslav", 
+            &[
+                "--net",
+                "yaroslav",
                 "--class-list",
                 "background",
                 "malignant",

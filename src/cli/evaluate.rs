@@ -317,26 +317,7 @@ fn run(a: &EvaluateArgs) -> Result<Output, String> {
         let b = report.binary.as_ref().ok_or(
             "--roc draws a binary ROC curve: give --positive-class for a model of more than two classes",
         )?;
-        let mut series = vec![eval::plot::RocSeries {
-            name: if b.tta.is_some() {
-                "single view".into()
-            } else {
-                "model".into()
-            },
-            report: &b.single,
-        }];
-        if let Some(t) = &b.tta {
-            series.push(eval::plot::RocSeries {
-                name: "4-flip TTA".into(),
-                report: t,
-            });
-        }
-        let title = format!(
-            "ROC: {} vs rest ({} positive, {} negative)",
-            b.positive_class, b.positives, b.negatives
-        );
-        eval::plot::write_roc_png(p, &title, &series, b.target_specificity)
-            .map_err(|e| e.to_string())?;
+        eval::plot::write_binary_roc(p, "ROC", b).map_err(|e| e.to_string())?;
     }
     Ok(Output {
         model,

@@ -345,17 +345,17 @@ fn check_classes(classes: &[String]) -> Result<(), DataError> {
                 "dataset: '{spec}' is not a class folder name (NAME, or NAME=FOLDER+FOLDER)"
             )));
         }
+        if !seen.insert(c) {
+            return Err(DataError::Invalid(format!(
+                "dataset: class '{c}' is listed twice"
+            )));
+        }
         if let Some(f) = class_folders_of(spec)
             .into_iter()
             .find(|f| !folders_seen.insert(*f))
         {
             return Err(DataError::Invalid(format!(
                 "dataset: folder '{f}' is given to two classes"
-            )));
-        }
-        if !seen.insert(c) {
-            return Err(DataError::Invalid(format!(
-                "dataset: class '{c}' is listed twice"
             )));
         }
     }

@@ -48,6 +48,26 @@ fn box_blur(v: &[f64], h: usize, w: usize, r: usize) -> Vec<f64> {
     out
 }
 
+/// Creates `dir` (and its parents).
+fn create_dir(dir: &Path) -> Result<(), DataError> {
+    std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `px` (row-major, `height x width`) as a 16-bit grey PNG.
+fn save_png16(path: &Path, width: usize, height: usize, px: Vec<u16>) -> Result<(), DataError> {
+    let img =
+        image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(width as u32, height as u32, px)
+            .ok_or_else(|| DataError::Invalid("synthetic: buffer size".into()))?;
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| DataError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })
+}
+
 /// Renders one image (row-major `height * width` 16-bit values). With `mass`, returns
 /// the mass's (row, col, radius) too.
 pub fn render(
@@ -127,26 +147,13 @@ pub fn write_two_class(
     let mut masses = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let sub = dir.join(class);
-        std::fs::create_dir_all(&sub).map_err(|source| DataError::Io {
-            path: sub.clone(),
-            source,
-        })?;
+        create_dir(&sub)?;
         for i in 0..n_per_class {
             let mut rng = Rng::for_stream(&[seed, label as u64, i as u64, 0x5359_4E54]);
             let (px, spot) = render(&mut rng, height, width, label == 1);
             masses.extend(spot);
             let path = sub.join(format!("{class}_{i:04}.png"));
-            let img = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(
-                width as u32,
-                height as u32,
-                px,
-            )
-            .ok_or_else(|| DataError::Invalid("synthetic: buffer size".into()))?;
-            img.save_with_format(&path, image::ImageFormat::Png)
-                .map_err(|e| DataError::Io {
-                    path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+            save_png16(&path, width, height, px)?;
             files.push((path, label));
         }
     }
@@ -194,10 +201,7 @@ pub fn write_patch_shapes(
     let mut files = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let sub = dir.join(class);
-        std::fs::create_dir_all(&sub).map_err(|source| DataError::Io {
-            path: sub.clone(),
-            source,
-        })?;
+        create_dir(&sub)?;
         for i in 0..n_per_class {
             let mut rng = Rng::for_stream(&[seed, label as u64, i as u64, 0x5348_4150]);
             let tex = texture(&mut rng, size, size);
@@ -229,17 +233,7 @@ pub fn write_patch_shapes(
                 })
                 .collect();
             let path = sub.join(format!("{class}_{i:04}.png"));
-            let img = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(
-                size as u32,
-                size as u32,
-                px,
-            )
-            .ok_or_else(|| DataError::Invalid("synthetic: buffer size".into()))?;
-            img.save_with_format(&path, image::ImageFormat::Png)
-                .map_err(|e| DataError::Io {
-                    path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+            save_png16(&path, size, size, px)?;
             files.push((path, label));
         }
     }

@@ -174,6 +174,31 @@ pub fn render_roc(
         .ok_or_else(|| Error::Other("internal: plot buffer size".into()))
 }
 
+/// A binary report's ROC plot: the single-view curve, and the 4-flip TTA curve where the
+/// report has one; the title names the set (`"test ROC"`, `"ROC"`) and its class counts.
+pub fn write_binary_roc(path: &Path, set: &str, b: &super::BinaryReport) -> Result<()> {
+    let mut series = vec![RocSeries {
+        name: if b.tta.is_some() {
+            "single view"
+        } else {
+            "model"
+        }
+        .into(),
+        report: &b.single,
+    }];
+    if let Some(t) = &b.tta {
+        series.push(RocSeries {
+            name: "4-flip TTA".into(),
+            report: t,
+        });
+    }
+    let title = format!(
+        "{set}: {} vs rest ({} positive, {} negative)",
+        b.positive_class, b.positives, b.negatives
+    );
+    write_roc_png(path, &title, &series, b.target_specificity)
+}
+
 /// [`render_roc`] written as a PNG, whole or not at all.
 pub fn write_roc_png(
     path: &Path,

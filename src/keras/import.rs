@@ -31,6 +31,16 @@ pub struct ReadOptions {
     pub any_size: bool,
 }
 
+/// Where a file's layer groups are: the root of a `save_weights` file (it lists
+/// `layer_names` there), `/model_weights` of a whole-model file.
+pub fn weights_root(file: &H5File) -> Result<&'static str> {
+    let weights_only = file
+        .attr_names("/")?
+        .iter()
+        .any(|n| n.starts_with("layer_names"));
+    Ok(if weights_only { "/" } else { "/model_weights" })
+}
+
 /// Read a Keras `.h5` file into the IR.
 pub fn read_model(path: &Path, opts: &ReadOptions) -> Result<Graph> {
     let _deadline = super::hang_guard::Guard::start(path);
@@ -71,15 +81,7 @@ pub fn read_model(path: &Path, opts: &ReadOptions) -> Result<Graph> {
         message,
     })?;
 
-    let weights_root = if file
-        .attr_names("/")?
-        .iter()
-        .any(|n| n.starts_with("layer_names"))
-    {
-        "/"
-    } else {
-        "/model_weights"
-    };
+    let weights_root = weights_root(&file)?;
     let index = WeightIndex::read(&file, weights_root)?;
 
     let root_version = file.string_attr("/", "keras_version")?.or(json_version);

@@ -361,15 +361,7 @@ pub struct LoadReport {
 pub fn load_weights_by_name(graph: &mut Graph, path: &Path) -> Result<LoadReport> {
     let _deadline = super::hang_guard::Guard::start(path);
     let file = H5File::open(path)?;
-    let root = if file
-        .attr_names("/")?
-        .iter()
-        .any(|n| n.starts_with("layer_names"))
-    {
-        "/"
-    } else {
-        "/model_weights"
-    };
+    let root = super::import::weights_root(&file)?;
     let index = WeightIndex::read(&file, root)?;
     let backend = index.backend.clone().or(file.string_attr("/", "backend")?);
     let theano = backend.as_deref() == Some("theano");

@@ -229,26 +229,7 @@ fn report_set(
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
     let path = best.with_file_name(format!("{stem}_{name}_roc.png"));
-    let mut series = vec![eval::plot::RocSeries {
-        name: if b.tta.is_some() {
-            "single view"
-        } else {
-            "model"
-        }
-        .into(),
-        report: &b.single,
-    }];
-    if let Some(t) = &b.tta {
-        series.push(eval::plot::RocSeries {
-            name: "4-flip TTA".into(),
-            report: t,
-        });
-    }
-    let title = format!(
-        "{name} ROC: {} ({} positive, {} negative)",
-        b.positive_class, b.positives, b.negatives
-    );
-    eval::plot::write_roc_png(&path, &title, &series, b.target_specificity)?;
+    eval::plot::write_binary_roc(&path, &format!("{name} ROC"), b)?;
     outputs.push(path.display().to_string());
     Ok(Some(r))
 }
