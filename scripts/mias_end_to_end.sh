@@ -16,7 +16,7 @@
 #   PATCH_EPOCHS   train-patch epochs                       (10)
 #   IMG_SIZE       whole-image size HxW                     (256x256, = TARGET_HEIGHT high)
 #   TOP            rehead recipe                            (vgg:512x1)
-#   NB_EPOCH ALL_LAYER_EPOCHS  finetune stage 1 / total    (3 8)
+#   NB_EPOCH ALL_LAYER_EPOCHS  finetune stage 1 / total    (3 6)
 #   BATCH_SIZE     validation batch (training: half)        (16)
 #   RESCALE MEAN   pixel scale and mean, all steps          (0.00392156862745098 0.2)
 #   TASKS          whole-image tasks                        ("malignant abnormal")
@@ -70,7 +70,7 @@ if [ "$QUICK" = 1 ]; then
     d_e1=1 d_e2=2 d_bs=8 d_boot=200 d_check=1
 else
     d_th=256 d_ps=32 d_abn=10 d_bkg=10 d_hns=5 d_pe=10 d_img=256x256 d_top=vgg:512x1
-    d_e1=3 d_e2=8 d_bs=16 d_boot=2000 d_check=0
+    d_e1=3 d_e2=6 d_bs=16 d_boot=2000 d_check=0
 fi
 SEED=${SEED:-12345}
 VAL_FRAC=${VAL_FRAC:-0.15}

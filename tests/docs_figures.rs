@@ -699,3 +699,123 @@ fn every_test_file_is_described_in_tolerances() {
         "docs/tolerances.md has no row for {missing:?} in \"What each test proves\""
     );
 }
+
+/// The results of `scripts/mias_end_to_end.sh` as docs/mias.md and README.md show them:
+/// one row per task from the committed report (`docs/mias/TASK.json`), or the reason the
+/// task was skipped (`docs/mias/TASK.skipped`).
+fn mias_table(dir: &Path) -> Result<String, String> {
+    let ci = |v: &Value| -> String {
+        match v["ci_bootstrap"].as_array() {
+            Some(c) if c.len() == 2 => format!(
+                " ({:.3} to {:.3})",
+                c[0].as_f64().unwrap_or(f64::NAN),
+                c[1].as_f64().unwrap_or(f64::NAN)
+            ),
+            _ => String::new(),
+        }
+    };
+    let mut t = String::from(
+        "| task | test views | positive | negative | AUROC, single view (95% CI) | AUROC, 4-flip TTA (95% CI) | TTA minus single (95% CI) |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut rows = 0;
+    for task in ["malignant", "abnormal"] {
+        let skipped = dir.join(format!("{task}.skipped"));
+        if let Ok(why) = std::fs::read_to_string(&skipped) {
+            t += &format!("| {task} | skipped: {} | | | | | |\n", one_line(why.trim()));
+            rows += 1;
+            continue;
+        }
+        let path = dir.join(format!("{task}.json"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let b = &v["binary"];
+        let num = |x: &Value| {
+            x.as_f64()
+                .ok_or_else(|| format!("{}: a number is missing", path.display()))
+        };
+        let diff = &b["tta_minus_single"];
+        t += &format!(
+            "| {task} | {} | {} | {} | {:.3}{} | {:.3}{} | {:+.3}{} |\n",
+            v["images"],
+            b["positives"],
+            b["negatives"],
+            num(&b["single"]["auroc"])?,
+            ci(&b["single"]),
+            num(&b["tta"]["auroc"])?,
+            ci(&b["tta"]),
+            num(&diff["difference"])?,
+            ci(diff),
+        );
+        rows += 1;
+    }
+    if rows == 0 {
+        return Err(format!("{}: no task report", dir.display()));
+    }
+    Ok(t)
+}
+
+/// docs/mias.md's and README.md's results tables (between `<!-- mias-results -->` and
+/// `<!-- end mias-results -->`) are exactly what the committed reports give, and each
+/// report is what `allconv evaluate --from-scores` computes again from the committed
+/// per-image scores alone.
+#[test]
+fn mias_results_are_the_committed_reports() {
+    let dir = root().join("docs/mias");
+    let table = mias_table(&dir).expect("the committed mini-MIAS reports");
+    for page in ["docs/mias.md", "README.md"] {
+        let md = std::fs::read_to_string(root().join(page)).unwrap();
+        let (b, e) = ("<!-- mias-results -->\n", "<!-- end mias-results -->");
+        let start = md.find(b).unwrap_or_else(|| panic!("{page}: no {b:?}")) + b.len();
+        let end = md[start..]
+            .find(e)
+            .unwrap_or_else(|| panic!("{page}: no {e:?}"))
+            + start;
+        assert_eq!(
+            md[start..end].trim(),
+            table.trim(),
+            "{page}: the results table"
+        );
+    }
+    let mut checked = 0;
+    for task in ["malignant", "abnormal"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(format!("{task}.json"))) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let scores = dir.join(format!("{task}.scores.csv"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_allconv"))
+            .arg("evaluate")
+            .arg("--from-scores")
+            .arg(&scores)
+            .args(["--bootstrap", &v["bootstrap_resamples"].to_string()])
+            .args(["--seed", &v["seed"].to_string()])
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let again: Value = serde_json::from_slice(&o.stdout).unwrap();
+        for key in [
+            "/binary/single/auroc",
+            "/binary/single/ci_bootstrap/0",
+            "/binary/single/ci_bootstrap/1",
+            "/binary/tta/auroc",
+            "/binary/tta/ci_bootstrap/0",
+            "/binary/tta/ci_bootstrap/1",
+            "/binary/tta_minus_single/difference",
+            "/binary/tta_minus_single/ci_bootstrap/0",
+            "/binary/tta_minus_single/ci_bootstrap/1",
+        ] {
+            let (a, b) = (v.pointer(key), again.pointer(key));
+            let (a, b) = (a.and_then(Value::as_f64), b.and_then(Value::as_f64));
+            assert!(
+                a.is_some() && b.is_some() && (a.unwrap() - b.unwrap()).abs() <= 1e-12,
+                "{task}{key}: report {a:?}, from the scores {b:?}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "no task report was recomputed");
+}
