@@ -45,6 +45,7 @@ echo "bench: tf2onnx convert"; $py converters/bench_peers.py tf2onnx "$model" "$
 for t in $threads_list; do
   echo "bench: tract, $t thread(s)";       $bin bench run "$out/allconv.onnx" --shape $shape --threads "$t" --runs "$runs" --json > "$out/tract_run_$t.json"
   echo "bench: onnxruntime, $t thread(s)"; $py converters/bench_peers.py ort "$out/allconv.onnx" $size "$t" "$runs" 2>/dev/null | tail -1 > "$out/ort_run_$t.json"
+  echo "bench: allconv's ONNX Runtime engine, $t thread(s)"; $bin bench run "$out/allconv.onnx" --shape $shape --threads "$t" --runs "$runs" --backend ort --json > "$out/allconv_ort_run_$t.json"
   echo "bench: libtorch on the .h5, $t thread(s)"; $bin bench run "$model" --shape $shape --threads "$t" --runs "$runs" --json > "$out/torch_run_$t.json"
 done
 echo "bench: tensorflow, $cores thread(s)";  $py converters/bench_peers.py tf "$model" $size "$cores" "$runs" 2>/dev/null | tail -1 > "$out/tf_run.json"
@@ -129,7 +130,9 @@ convert = [
 latency = []
 for t in threads_list:
     tr, orr, th = j(f"tract_run_{t}.json"), j(f"ort_run_{t}.json"), j(f"torch_run_{t}.json")
+    aor = j(f"allconv_ort_run_{t}.json")
     latency += [
+      row(f"steady state, {t} thread(s) (ms): allconv's ONNX Runtime engine (`bench run --backend ort`) vs onnxruntime from Python, same library and file", aor["latency_ms"], orr["latency_ms"], 0, 0),
       row(f"steady state, {t} thread(s) (ms): tract vs onnxruntime, same ONNX file", tr["latency_ms"], orr["latency_ms"], 0, 0),
       row(f"first result, {t} thread(s) (s): tract load + optimise + run vs onnxruntime", tr["first_result_s"], orr["first_result_s"], 2, 2),
       row(f"steady state, {t} thread(s) (ms): libtorch on the .h5 as `predict` runs it vs onnxruntime", th["latency_ms"], orr["latency_ms"], 0, 0),
