@@ -77,7 +77,7 @@ PY
 fi
 files=$(ls "$imgs"/*.png | head -n "$nimages")
 prep=size=$size,rescale=0.003891,mean=52.18,gray
-echo "bench: allconv predict on the ONNX file (tract), $nimages images x$whole_runs"
+echo "bench: allconv predict on the ONNX file (--backend auto), $nimages images x$whole_runs"
 whole "$out/allconv_predict_cmd.json" "$out/allconv_predict.json" $bin predict "$out/allconv.onnx" $files --preprocess $prep --json
 echo "bench: allconv predict on the .h5 (libtorch), $nimages images x$whole_runs"
 whole "$out/allconv_predict_h5_cmd.json" "$out/allconv_predict_h5.json" $bin predict "$model" $files --preprocess $prep --json
@@ -117,6 +117,7 @@ ac, tc, tfr = j("allconv_convert.json"), j("tf2onnx_convert.json"), j("tf_run.js
 acmd, tcmd = whole("allconv_cmd.json"), whole("tf2onnx_cmd.json")
 apc, ppc, pp = whole("allconv_predict_cmd.json"), whole("paper_predict_cmd.json"), j("paper_predict.json")
 ahc = whole("allconv_predict_h5_cmd.json")
+onnx_engine = {"ort": "ONNX Runtime", "tract": "tract"}.get(j("allconv_predict.json")[0].get("engine"), "tract")
 asc, psc = whole("allconv_sample_cmd.json"), whole("paper_sample_cmd.json")
 nviews = int(open(os.path.join(d, "sample_views.txt")).read())
 row = lambda label, a, p, da, dp, dr=2: [label, fig(a, da), fig(p, dp), fig(a / p, dr)]
@@ -145,7 +146,7 @@ latency += [
   row(f"peak memory, {t} thread(s) (MiB): tract vs onnxruntime", tr["peak_mb"], orr["peak_mb"], 0, 0),
 ]
 predict = [
-  row(f"images/s, `allconv predict MODEL.onnx` (tract) vs the paper pipeline, {nimages} images, whole commands", nimages / apc["wall_s"], nimages / ppc["wall_s"], 3, 3),
+  row(f"images/s, `allconv predict MODEL.onnx` ({onnx_engine}, picked by `--backend auto`) vs the paper pipeline, {nimages} images, whole commands", nimages / apc["wall_s"], nimages / ppc["wall_s"], 3, 3),
   row(f"images/s, `allconv predict MODEL.h5` (libtorch) vs the paper pipeline, {nimages} images, whole commands", nimages / ahc["wall_s"], nimages / ppc["wall_s"], 3, 3),
   ["images/s, the paper pipeline's scoring loop alone (after imports and model load)", None, fig(pp["images_per_s"], 3), None],
   row("peak memory (MiB): `predict MODEL.onnx` vs the paper pipeline", apc["peak_mb"], ppc["peak_mb"], 0, 0),
