@@ -77,18 +77,7 @@ pub fn render(
     mass: bool,
 ) -> (Vec<u16>, Option<(f64, f64, f64)>) {
     let (h, w) = (height.max(1), width.max(1));
-    let noise: Vec<f64> = (0..h * w).map(|_| rng.random()).collect();
-    let r = (h.min(w) / 16).max(1);
-    let mut tex = box_blur(&box_blur(&noise, h, w, r), h, w, r);
-    let (lo, hi) = tex
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
-    let span = (hi - lo).max(1e-12);
-    for v in &mut tex {
-        *v = (*v - lo) / span;
-    }
+    let tex = texture(rng, h, w);
     // Breast: half ellipse against the left edge, slightly varied per image.
     let cy = h as f64 * rng.uniform(0.45, 0.55);
     let ry = h as f64 * rng.uniform(0.42, 0.5);
@@ -164,7 +153,7 @@ pub fn write_two_class(
     })
 }
 
-/// Texture of a patch: box-filtered noise scaled to [0, 1].
+/// Smooth tissue texture: box-filtered noise scaled to [0, 1].
 fn texture(rng: &mut Rng, h: usize, w: usize) -> Vec<f64> {
     let noise: Vec<f64> = (0..h * w).map(|_| rng.random()).collect();
     let r = (h.min(w) / 16).max(1);
