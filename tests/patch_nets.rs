@@ -53,39 +53,6 @@ fn options_of(rec: &Value) -> (PatchNet, PatchNetOptions) {
     (net, o)
 }
 
-/// The first difference between two JSON values, with its path. Numbers compare exactly
-/// as the doubles Keras wrote (float32-valued ones, like the L2 factor, included).
-fn json_diff(a: &Value, b: &Value, path: &str) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for k in x.keys().chain(y.keys()) {
-                match (x.get(k), y.get(k)) {
-                    (Some(va), Some(vb)) => {
-                        if let Some(d) = json_diff(va, vb, &format!("{path}.{k}")) {
-                            return Some(d);
-                        }
-                    }
-                    (va, vb) => return Some(format!("{path}.{k}: {va:?} vs {vb:?}")),
-                }
-            }
-            None
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            if x.len() != y.len() {
-                return Some(format!("{path}: {} vs {} items", x.len(), y.len()));
-            }
-            x.iter()
-                .zip(y)
-                .enumerate()
-                .find_map(|(i, (va, vb))| json_diff(va, vb, &format!("{path}[{i}]")))
-        }
-        (Value::Number(x), Value::Number(y)) => {
-            (x.as_f64() != y.as_f64()).then(|| format!("{path}: {x} vs {y}"))
-        }
-        _ => (a != b).then(|| format!("{path}: {a} vs {b}")),
-    }
-}
-
 #[test]
 fn configs_and_parameter_counts_are_genuine_keras() {
     let cases = fixture_cases();
@@ -105,7 +72,7 @@ fn configs_and_parameter_counts_are_genuine_keras() {
     for (name, rec) in &cases {
         let (net, opts) = options_of(rec);
         let km = patch_classifier_keras(net, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
-        if let Some(d) = json_diff(&km.config, &rec["model_config"], "model_config") {
+        if let Some(d) = common::json_diff(&km.config, &rec["model_config"], "model_config") {
             failures.push(format!("{name}: config differs from Keras's: {d}"));
         }
         let want = rec["count_params"].as_u64().unwrap() as usize;

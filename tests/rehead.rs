@@ -68,39 +68,6 @@ fn config_of(text: &str) -> Value {
     serde_json::from_str(text).expect("model_config is JSON")
 }
 
-/// The first difference between two JSON values, with its path.
-fn json_diff(a: &Value, b: &Value, path: &str) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for k in x.keys().chain(y.keys()) {
-                let (va, vb) = (x.get(k), y.get(k));
-                match (va, vb) {
-                    (Some(va), Some(vb)) => {
-                        if let Some(d) = json_diff(va, vb, &format!("{path}.{k}")) {
-                            return Some(d);
-                        }
-                    }
-                    _ => return Some(format!("{path}.{k}: {va:?} vs {vb:?}")),
-                }
-            }
-            None
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            if x.len() != y.len() {
-                return Some(format!("{path}: {} vs {} items", x.len(), y.len()));
-            }
-            x.iter()
-                .zip(y)
-                .enumerate()
-                .find_map(|(i, (va, vb))| json_diff(va, vb, &format!("{path}[{i}]")))
-        }
-        (Value::Number(x), Value::Number(y)) => {
-            (x.as_f64() != y.as_f64()).then(|| format!("{path}: {x} vs {y}"))
-        }
-        _ => (a != b).then(|| format!("{path}: {a} vs {b}")),
-    }
-}
-
 #[test]
 fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() {
     let cases = rehead_cases(true);
@@ -123,7 +90,7 @@ fn rehead_builds_what_the_papers_code_builds_and_computes_what_keras_computes() 
             config_of(ours.source.model_config.as_deref().unwrap()),
             config_of(genuine.source.model_config.as_deref().unwrap()),
         );
-        if let Some(d) = json_diff(&a, &b, "model_config") {
+        if let Some(d) = common::json_diff(&a, &b, "model_config") {
             failures.push(format!("{name}: config differs from Keras's: {d}"));
             continue;
         }

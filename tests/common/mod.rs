@@ -374,3 +374,36 @@ pub fn single_input_keras_fixtures() -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// The first difference between two JSON values, with its path. Numbers compare exactly
+/// as the doubles Keras wrote (float32-valued ones, like the L2 factor, included).
+pub fn json_diff(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            for k in x.keys().chain(y.keys()) {
+                match (x.get(k), y.get(k)) {
+                    (Some(va), Some(vb)) => {
+                        if let Some(d) = json_diff(va, vb, &format!("{path}.{k}")) {
+                            return Some(d);
+                        }
+                    }
+                    (va, vb) => return Some(format!("{path}.{k}: {va:?} vs {vb:?}")),
+                }
+            }
+            None
+        }
+        (serde_json::Value::Array(x), serde_json::Value::Array(y)) => {
+            if x.len() != y.len() {
+                return Some(format!("{path}: {} vs {} items", x.len(), y.len()));
+            }
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (va, vb))| json_diff(va, vb, &format!("{path}[{i}]")))
+        }
+        (serde_json::Value::Number(x), serde_json::Value::Number(y)) => {
+            (x.as_f64() != y.as_f64()).then(|| format!("{path}: {x} vs {y}"))
+        }
+        _ => (a != b).then(|| format!("{path}: {a} vs {b}")),
+    }
+}
