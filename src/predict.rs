@@ -198,17 +198,7 @@ mod imp {
             let bytes: std::borrow::Cow<'_, [u8]> = match source {
                 OrtSource::File(b) => std::borrow::Cow::Borrowed(b),
                 #[cfg(feature = "keras")]
-                OrtSource::Keras(g) => {
-                    let opts = ExportOptions {
-                        input_size: Some(vec![h, w]),
-                        ..Default::default()
-                    };
-                    std::borrow::Cow::Owned(
-                        onnx::export(g, &opts)
-                            .and_then(|e| e.to_bytes())
-                            .map_err(|e| format!("converting the model at {h}x{w}: {e}"))?,
-                    )
-                }
+                OrtSource::Keras(g) => std::borrow::Cow::Owned(onnx_at(g, h, w)?),
             };
             let m = allconv::runtime::OrtModel::load(&bytes, &shape, self.threads)
                 .map_err(|e| format!("loading the model at {h}x{w}: {e}"))?;
@@ -233,16 +223,7 @@ mod imp {
                     #[cfg(feature = "ort")]
                     Engine::Ort { .. } => return Err("internal: no tract plan for ort".into()),
                     #[cfg(feature = "keras")]
-                    Engine::Keras(g) => {
-                        let opts = ExportOptions {
-                            input_size: Some(vec![h, w]),
-                            ..Default::default()
-                        };
-                        let bytes = onnx::export(g, &opts)
-                            .and_then(|e| e.to_bytes())
-                            .map_err(|e| format!("converting the model at {h}x{w}: {e}"))?;
-                        TractModel::load(&bytes, &shape, 1)
-                    }
+                    Engine::Keras(g) => TractModel::load(&onnx_at(g, h, w)?, &shape, 1),
                 }
                 .map_err(|e| format!("loading the model at {h}x{w}: {e}"))?;
                 plans.insert((h, w), Arc::new(m));
@@ -252,6 +233,18 @@ mod imp {
                 .cloned()
                 .ok_or_else(|| "internal: plan cache".to_string())
         }
+    }
+
+    /// A Keras graph as ONNX bytes at input size (h, w), for tract or ONNX Runtime.
+    #[cfg(feature = "keras")]
+    fn onnx_at(g: &Graph, h: usize, w: usize) -> Res<Vec<u8>> {
+        let opts = ExportOptions {
+            input_size: Some(vec![h, w]),
+            ..Default::default()
+        };
+        onnx::export(g, &opts)
+            .and_then(|e| e.to_bytes())
+            .map_err(|e| format!("converting the model at {h}x{w}: {e}"))
     }
 
     /// What one job owns: its executors (one per input size) and its share of the threads.
