@@ -43,6 +43,9 @@ $TF converters/eval_ref.py
 [ -x .venv-cv/bin/python ] || { python3 -m venv .venv-cv && .venv-cv/bin/pip install -q \
     'opencv-python-headless<5' numpy pydicom pillow tifffile; }
 .venv-cv/bin/python converters/opencv_ref.py
+# DICOM in every archive transfer syntax (fixtures/dicom_codecs/): DCMTK and GDCM encode
+# (apt-get install dcmtk libgdcm-tools), pydicom + pylibjpeg decode.
+$TF converters/make_dicom_codecs.py
 # rehead references: the k208_*_patch files above loaded in a fresh process each, then
 # end2end-all-conv add_top_layers (converters/dm_top.py); rehead_structure_* are expect-only
 for c in $($K208 converters/rehead_ref.py --list); do

@@ -64,7 +64,14 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
 
 /// Hex SHA-256 of a file's bytes.
 pub fn sha256_file(path: &Path) -> Result<String> {
+    Ok(sha256_bytes(&read(path)?))
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    let d = Sha256::digest(read(path)?);
-    Ok(d.iter().map(|b| format!("{b:02x}")).collect())
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -44,7 +44,7 @@ pub fn image(data: &[u8]) -> bool {
     })
 }
 
-/// The project's own DICOM reader.
+/// The DICOM reader (dicom-rs parsing and pixel decoders).
 pub fn dicom(data: &[u8]) -> bool {
     crate::data::read_image_bytes(Path::new("x.dcm"), data).is_ok()
 }

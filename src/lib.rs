@@ -20,6 +20,8 @@ pub mod meta;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod passes;
+#[cfg(feature = "runtime")]
+pub mod pipeline;
 pub mod report;
 #[cfg(feature = "runtime")]
 pub mod runtime;

@@ -6,8 +6,6 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod predict;
-
 /// Print to stdout; a closed pipe (`allconv ... | head`) ends the output quietly instead of
 /// panicking like `println!`.
 macro_rules! out {
@@ -97,7 +95,11 @@ enum Command {
     /// Class probabilities for images (.onnx, .nnef.tgz or .h5 model); --heatmap for patch
     /// classifiers.
     #[command(after_help = cli::examples::PREDICT)]
-    Predict(predict::PredictArgs),
+    Predict(cli::predict::PredictArgs),
+    /// Join the shards of `predict --manifest` into one .parquet or .csv; exit status 0
+    /// only when every manifest row is there once.
+    #[command(after_help = cli::examples::MERGE)]
+    Merge(cli::merge::MergeArgs),
     /// Convert a Keras .h5 to ONNX or NNEF (format from the output extension).
     #[cfg(feature = "keras")]
     #[command(after_help = cli::examples::CONVERT)]
@@ -223,7 +225,8 @@ fn main() -> ExitCode {
             .unwrap_or(allconv::keras::hang_guard::DEFAULT_DEADLINE_S),
     );
     let code = match cli.command {
-        Command::Predict(args) => predict::main(args),
+        Command::Predict(args) => cli::predict::main(args),
+        Command::Merge(args) => cli::merge::main(args),
         Command::Evaluate(args) => cli::evaluate::main(*args),
         Command::Verify(args) => cli::verify::main(args),
         Command::Bench(cmd) => cli::bench::main(cmd),

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The benchmark scripts whose results docs/benchmarks.md shows.
-const SCRIPTS: [&str; 3] = ["bench", "bench_train", "bench_edge"];
+const SCRIPTS: [&str; 4] = ["bench", "bench_train", "bench_edge", "bench_archive"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -252,9 +252,20 @@ fn check_figures(script: &str, text: &str, json: &Value, errors: &mut Vec<String
 
 /// Every rule over one benchmarks page and the JSON files present (by script name).
 fn check(md: &str, jsons: &BTreeMap<String, Value>) -> Vec<String> {
+    check_regions(md, &SCRIPTS, jsons, true)
+}
+
+/// The regions of `scripts` in `md` checked; with `outside`, also that no table with
+/// figures stands outside them (README.md has the mini-MIAS table, checked on its own).
+fn check_regions(
+    md: &str,
+    scripts: &[&str],
+    jsons: &BTreeMap<String, Value>,
+    outside: bool,
+) -> Vec<String> {
     let mut errors = vec![];
     let mut regions = vec![];
-    for script in SCRIPTS {
+    for &script in scripts {
         let r = match region(md, script) {
             Ok(r) => r,
             Err(e) => {
@@ -294,7 +305,7 @@ fn check(md: &str, jsons: &BTreeMap<String, Value>) -> Vec<String> {
             }
         }
     }
-    for (i, line) in md.lines().enumerate() {
+    for (i, line) in md.lines().enumerate().filter(|_| outside) {
         let at = line.as_ptr() as usize - md.as_ptr() as usize;
         let inside = regions.iter().any(|r| r.contains(&at));
         if !inside && is_table_line(line) && line.chars().any(|c| c.is_ascii_digit()) {
@@ -322,8 +333,16 @@ fn committed_jsons() -> BTreeMap<String, Value> {
 
 /// The page with every region replaced by what the generator makes.
 fn regenerate(md: &str, jsons: &BTreeMap<String, Value>) -> Result<String, String> {
+    regenerate_regions(md, &SCRIPTS, jsons)
+}
+
+fn regenerate_regions(
+    md: &str,
+    scripts: &[&str],
+    jsons: &BTreeMap<String, Value>,
+) -> Result<String, String> {
     let mut out = md.to_string();
-    for script in SCRIPTS {
+    for &script in scripts {
         let r = region(&out, script).map_err(|e| format!("{script}: {e}"))?;
         let body = render(script, jsons.get(script))?;
         out.replace_range(r, &format!("\n\n{body}\n"));
@@ -352,6 +371,24 @@ fn benchmark_tables_are_the_committed_json() {
         "docs/benchmarks.md:\n{}",
         errors.join("\n")
     );
+}
+
+/// The scripts whose tables README.md shows too (archive scoring's cost model).
+const README_SCRIPTS: [&str; 1] = ["bench_archive"];
+
+#[test]
+fn readme_benchmark_tables_are_the_committed_json() {
+    let path = root().join("README.md");
+    let md = std::fs::read_to_string(&path).expect("README.md");
+    let jsons = committed_jsons();
+    if std::env::var("ALLCONV_WRITE_BENCH_TABLES").is_ok_and(|v| v == "1") {
+        let new =
+            regenerate_regions(&md, &README_SCRIPTS, &jsons).unwrap_or_else(|e| panic!("{e}"));
+        allconv::files::write_atomic(&path, new.as_bytes()).expect("write README.md");
+        return;
+    }
+    let errors = check_regions(&md, &README_SCRIPTS, &jsons, false);
+    assert!(errors.is_empty(), "README.md:\n{}", errors.join("\n"));
 }
 
 #[test]

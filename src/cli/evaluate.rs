@@ -162,18 +162,13 @@ fn labelled_images(
 fn score(a: &EvaluateArgs) -> Result<Scored, String> {
     let model = a.model.clone().ok_or("give MODEL")?;
     let (classes, images, mut warnings) = labelled_images(a)?;
-    let pargs = crate::predict::PredictArgs {
+    let opts = allconv::pipeline::ScoreOptions {
         model,
-        images: images.iter().map(|(p, _)| p.clone()).collect(),
         preprocess: a.preprocess.clone(),
         tta: a.tta,
         threads: a.threads,
-        backend: a.backend.clone(),
-        jobs: None,
-        csv: false,
-        json: a.json,
-        heatmap: None,
-        heatmap_class: None,
+        backend: a.backend.parse()?,
+        ..Default::default()
     };
     if !a.json {
         eprintln!(
@@ -186,11 +181,27 @@ fn score(a: &EvaluateArgs) -> Result<Scored, String> {
             }
         );
     }
-    let run = crate::predict::score_images(&pargs)?;
-    if a.tta && run.in_graph_tta {
+    let paths: Vec<_> = images.iter().map(|(p, _)| p.clone()).collect();
+    let progress = crate::cli::predict::Progress::new(paths.len(), a.json);
+    let mut done = 0;
+    let run = allconv::pipeline::score_images(
+        &opts,
+        &paths,
+        |info| {
+            crate::cli::predict::announce(info);
+            Ok(())
+        },
+        |_, row| {
+            crate::cli::predict::report_row(&progress, row);
+            done += 1;
+            progress.step(done);
+        },
+    )?;
+    progress.clear();
+    if a.tta && run.info.in_graph_tta {
         return Err(format!(
             "{}: the model applies 4-flip TTA in its graph, so single-view scores cannot be had from it; evaluate it without --tta (its scores are the TTA scores), or evaluate a model exported without --tta",
-            pargs.model.display()
+            opts.model.display()
         ));
     }
     let k = classes.len();
@@ -215,7 +226,8 @@ fn score(a: &EvaluateArgs) -> Result<Scored, String> {
         probs_tta: a.tta.then(Vec::new),
     };
     let mut errors = Vec::new();
-    for (row, (_, label)) in run.images.into_iter().zip(&images) {
+    let info = run.info.clone();
+    for (row, (_, label)) in run.image_scores().into_iter().zip(&images) {
         if let Some(w) = &row.warning {
             warnings.push(format!("{}: {w}", row.file.display()));
         }
@@ -256,10 +268,10 @@ fn score(a: &EvaluateArgs) -> Result<Scored, String> {
     }
     Ok(Scored {
         table,
-        preprocess: Some(run.preprocess),
-        preprocess_source: Some(run.preprocess_source),
-        tta: run.tta,
-        engine: Some(run.engine),
+        preprocess: Some(info.preprocess),
+        preprocess_source: Some(info.preprocess_source),
+        tta: info.tta,
+        engine: Some(info.engine),
         warnings,
     })
 }

@@ -44,12 +44,20 @@ pub const PREDICT: &str = examples!(
     "Score mammograms with a Keras .h5 (converted in memory), images scaled to the model's input"
         => "allconv predict fixtures/k208tf_resnet50_whole_resnet/model.h5 fixtures/images/mdb001.pgm \\
       fixtures/images/mdb028.jpg --preprocess rescale=0.0078125,mean=0.5",
-    "The same with 4-flip test-time augmentation, one CSV row per image"
-        => "allconv predict fixtures/k208tf_resnet50_whole_resnet/model.h5 fixtures/images/mdb028_8.png \\
-      --preprocess rescale=0.0078125,mean=0.5 --tta --csv",
+    "An archive: shard 0 of 2 of a CSV manifest, 4-flip TTA, resumable Parquet chunks in scores/"
+        => "allconv predict fixtures/k208tf_resnet50_whole_resnet/model.h5 \\
+      --manifest fixtures/images/manifest.csv --out scores --shard 0/2 \\
+      --preprocess rescale=0.0078125,mean=0.5 --tta",
     "Run a patch classifier over a whole mammogram and write a heatmap overlay into heatmaps/"
         => "allconv predict fixtures/k208tf_yaroslav_patch/model.h5 fixtures/images/mdb028.pgm \\
       --preprocess size=512x512 --heatmap heatmaps",
+);
+
+pub const MERGE: &str = examples!(
+    "The shards of `predict --manifest ... --out scores` as one Parquet file, checked complete"
+        => "allconv merge scores -o scores.parquet",
+    "As CSV, with a JSON report (failed and missing rows listed)"
+        => "allconv merge scores -o scores.csv --json",
 );
 
 pub const CONVERT: &str = examples!(

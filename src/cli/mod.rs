@@ -9,6 +9,8 @@ pub mod examples;
 pub mod finetune;
 #[cfg(feature = "keras")]
 pub mod inspect;
+pub mod merge;
+pub mod predict;
 pub mod progress;
 #[cfg(feature = "keras")]
 pub mod rehead;

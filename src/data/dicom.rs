@@ -1,106 +1,135 @@
-//! Minimal DICOM reader for native (uncompressed) single-frame greyscale images.
+//! DICOM reading through dicom-rs (`dicom-object` parses the file, `dicom-pixeldata`
+//! decodes the pixel data with the transfer syntax registry's decoders).
 //!
-//! Hand-rolled instead of `dicom-object`/`dicom-pixeldata` to keep the from-scratch
-//! build small: mammography archives are mostly native little-endian, and anything
-//! encapsulated (JPEG, JPEG-LS, JPEG 2000, RLE) or deflated is refused with its UID.
+//! Transfer syntaxes: native (implicit and explicit VR little endian, explicit VR big
+//! endian), deflated explicit VR little endian, JPEG Lossless (process 14 and its SV1
+//! form), JPEG Baseline/Extended, RLE Lossless and JPEG 2000 (lossless and lossy) in
+//! every build, all pure Rust; JPEG-LS (lossless and near-lossless) through CharLS
+//! only with the `jpegls` cargo feature (the default build, not `edge`).
 //!
 //! Semantics (documented on [`read_image`](super::read_image)): pydicom's
 //! `pixel_array` values, MONOCHROME1 inverted over the stored-bits range, then
 //! `RescaleSlope`/`RescaleIntercept` applied in `f64`.
 
+use std::borrow::Cow;
+use std::io::Read;
 use std::path::Path;
+
+use dicom_object::{
+    file::ReadPreamble, FileDicomObject, FileMetaTable, FileMetaTableBuilder, InMemDicomObject,
+    OpenFileOptions, Tag,
+};
+use dicom_parser::dataset::lazy_read::LazyDataSetReader;
+use dicom_parser::dataset::LazyDataToken;
+use dicom_pixeldata::PixelDecoder;
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 
 use super::{check_dims, DataError, GrayImage};
 
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
-const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
-const UNDEFINED: u32 = 0xFFFF_FFFF;
-/// Nesting limit for sequences: deeper data is treated as corrupt (no stack overflow).
-const MAX_DEPTH: usize = 32;
+const DEFLATED_LE: &str = "1.2.840.10008.1.2.1.99";
+const JPEG_LS: [&str; 2] = ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"];
 
-#[derive(Clone, Copy)]
-struct Syntax {
-    explicit: bool,
-    big_endian: bool,
+/// The identifying attributes an analyst needs beside the pixels: each the element's
+/// text with surrounding spaces and NULs removed, `None` when absent or empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DicomAttributes {
+    /// PatientID (0010,0020).
+    pub patient_id: Option<String>,
+    /// StudyInstanceUID (0020,000D).
+    pub study_instance_uid: Option<String>,
+    /// SOPInstanceUID (0008,0018).
+    pub sop_instance_uid: Option<String>,
+    /// ImageLaterality (0020,0062): `L`, `R` or `B`.
+    pub image_laterality: Option<String>,
+    /// ViewPosition (0018,5101): `CC`, `MLO`, ...
+    pub view_position: Option<String>,
 }
 
-/// The attributes we need from the top-level dataset.
-#[derive(Default)]
-struct Attrs {
-    rows: Option<u16>,
-    columns: Option<u16>,
-    bits_allocated: Option<u16>,
-    bits_stored: Option<u16>,
-    pixel_representation: Option<u16>,
-    samples_per_pixel: Option<u16>,
-    photometric: Option<String>,
-    number_of_frames: Option<String>,
-    slope: Option<String>,
-    intercept: Option<String>,
-    pixel_data: Option<(usize, usize)>,
-}
+type Object = FileDicomObject<InMemDicomObject>;
 
-struct Reader<'a> {
-    path: &'a Path,
-    bytes: &'a [u8],
-    pos: usize,
-    syntax: Syntax,
-}
-
-impl<'a> Reader<'a> {
-    fn err(&self, msg: impl Into<String>) -> DataError {
-        DataError::decode(self.path, msg)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DataError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.bytes.len())
-            .ok_or_else(|| {
-                self.err(format!(
-                    "truncated: needs {n} bytes at offset {}, file has {}",
-                    self.pos,
-                    self.bytes.len()
-                ))
-            })?;
-        let s = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn u16(&mut self) -> Result<u16, DataError> {
-        let b = self.take(2)?;
-        Ok(if self.syntax.big_endian {
-            u16::from_be_bytes([b[0], b[1]])
-        } else {
-            u16::from_le_bytes([b[0], b[1]])
-        })
-    }
-
-    fn u32(&mut self) -> Result<u32, DataError> {
-        let b = self.take(4)?;
-        let a = [b[0], b[1], b[2], b[3]];
-        Ok(if self.syntax.big_endian {
-            u32::from_be_bytes(a)
-        } else {
-            u32::from_le_bytes(a)
-        })
-    }
-
-    /// Reads one element header: (group, element, VR if explicit, length).
-    fn header(&mut self) -> Result<(u16, u16, [u8; 2], u32), DataError> {
-        let group = self.u16()?;
-        let elem = self.u16()?;
-        // Item and delimiter tags never carry a VR.
-        if group == 0xFFFE || !self.syntax.explicit {
-            return Ok((group, elem, *b"  ", self.u32()?));
+/// The error and its causes, `outer: inner: innermost`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let m = s.to_string();
+        if !msg.contains(&m) {
+            msg.push_str(": ");
+            msg.push_str(&m);
         }
-        let vr = self.take(2)?;
-        let vr = [vr[0], vr[1]];
+        src = s.source();
+    }
+    msg
+}
+
+fn syntax_label(uid: &str) -> String {
+    match TransferSyntaxRegistry.get(uid) {
+        Some(ts) => format!("{uid} ({})", ts.name()),
+        None => format!("{uid} (unknown)"),
+    }
+}
+
+/// Refuses a transfer syntax this build cannot decode, naming it.
+fn check_syntax(path: &Path, uid: &str) -> Result<(), DataError> {
+    let Some(ts) = TransferSyntaxRegistry.get(uid) else {
+        return Err(DataError::unsupported(
+            path,
+            format!("DICOM transfer syntax {uid} is unknown"),
+        ));
+    };
+    if ts.can_decode_all() {
+        return Ok(());
+    }
+    let label = syntax_label(uid);
+    let msg = if JPEG_LS.contains(&uid) {
+        format!(
+            "DICOM transfer syntax {label} is not decoded by this build of allconv \
+             (built without the `jpegls` feature, e.g. the edge build); the full (default) \
+             build reads it"
+        )
+    } else {
+        format!("DICOM transfer syntax {label} is not supported (no decoder)")
+    };
+    Err(DataError::unsupported(path, msg))
+}
+
+/// Parses the file: preamble + `DICM`, `DICM` without preamble, a bare file meta group,
+/// or a bare data set (DICOM's default, implicit VR little endian).
+fn parse(path: &Path, bytes: &[u8]) -> Result<Object, DataError> {
+    let body: Cow<'_, [u8]> = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        Cow::Borrowed(&bytes[128..])
+    } else if bytes.starts_with(b"DICM") {
+        Cow::Borrowed(bytes)
+    } else if bytes.starts_with(&[0x02, 0x00]) {
+        // A file meta group without preamble or magic code.
+        let mut v = b"DICM".to_vec();
+        v.extend_from_slice(bytes);
+        Cow::Owned(v)
+    } else {
+        return parse_dataset(path, bytes);
+    };
+    let meta = FileMetaTable::from_reader(&body[..])
+        .map_err(|e| DataError::decode(path, format!("DICOM file meta group: {}", chain(&e))))?;
+    check_syntax(path, meta.transfer_syntax())?;
+    let start = meta_end(&body)
+        .ok_or_else(|| DataError::decode(path, "DICOM file meta group: truncated element"))?;
+    check_lengths(path, &body[start..], meta.transfer_syntax())?;
+    OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Never)
+        .from_reader(&body[..])
+        .map_err(|e| DataError::decode(path, format!("DICOM data set: {}", chain(&e))))
+}
+
+/// Where the data set starts in `DICM` + file meta group (explicit VR little endian
+/// elements of group 0002), or `None` when an element runs past the end.
+fn meta_end(body: &[u8]) -> Option<usize> {
+    let mut pos = 4usize;
+    while body.get(pos..pos + 2) == Some(&[0x02, 0x00]) {
+        let vr = body.get(pos + 4..pos + 6)?;
         let long = matches!(
-            &vr,
+            vr,
             b"OB"
                 | b"OD"
                 | b"OF"
@@ -115,186 +144,119 @@ impl<'a> Reader<'a> {
                 | b"UT"
                 | b"UV"
         );
-        let len = if long {
-            self.take(2)?;
-            self.u32()?
+        let (header, len) = if long {
+            let b = body.get(pos + 8..pos + 12)?;
+            (12, u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
         } else {
-            u32::from(self.u16()?)
+            let b = body.get(pos + 6..pos + 8)?;
+            (8, usize::from(u16::from_le_bytes([b[0], b[1]])))
         };
-        Ok((group, elem, vr, len))
-    }
-
-    fn skip(&mut self, len: u32) -> Result<(), DataError> {
-        self.take(len as usize).map(|_| ())
-    }
-
-    /// Skips an undefined-length sequence up to its Sequence Delimitation Item.
-    fn skip_undefined_sequence(&mut self, depth: usize) -> Result<(), DataError> {
-        if depth > MAX_DEPTH {
-            return Err(self.err("sequences nested too deeply"));
-        }
-        loop {
-            let (g, e, _, len) = self.header()?;
-            match (g, e) {
-                (0xFFFE, 0xE0DD) => return Ok(()),
-                (0xFFFE, 0xE000) if len == UNDEFINED => self.skip_item(depth + 1)?,
-                (0xFFFE, 0xE000) => self.skip(len)?,
-                _ => {
-                    return Err(self.err(format!(
-                        "unexpected tag ({g:04X},{e:04X}) inside a sequence"
-                    )))
-                }
-            }
+        pos = pos.checked_add(header)?.checked_add(len)?;
+        if pos > body.len() {
+            return None;
         }
     }
-
-    /// Skips the elements of an undefined-length item up to its Item Delimitation.
-    fn skip_item(&mut self, depth: usize) -> Result<(), DataError> {
-        loop {
-            let (g, e, _, len) = self.header()?;
-            if (g, e) == (0xFFFE, 0xE00D) {
-                return Ok(());
-            }
-            if len == UNDEFINED {
-                self.skip_undefined_sequence(depth + 1)?;
-            } else {
-                self.skip(len)?;
-            }
-        }
-    }
+    Some(pos)
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .trim_matches(|c: char| c == '\0' || c.is_whitespace())
-        .to_string()
-}
-
-fn syntax_name(uid: &str) -> Option<&'static str> {
-    Some(match uid {
-        "1.2.840.10008.1.2.1.99" => "Deflated Explicit VR Little Endian",
-        "1.2.840.10008.1.2.4.50" => "JPEG Baseline",
-        "1.2.840.10008.1.2.4.51" => "JPEG Extended",
-        "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70" => "JPEG Lossless",
-        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => "JPEG-LS",
-        "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => "JPEG 2000",
-        "1.2.840.10008.1.2.4.201" | "1.2.840.10008.1.2.4.202" | "1.2.840.10008.1.2.4.203" => {
-            "HTJ2K"
-        }
-        "1.2.840.10008.1.2.5" => "RLE Lossless",
-        _ => return None,
-    })
-}
-
-pub(crate) fn read(path: &Path, bytes: &[u8]) -> Result<GrayImage, DataError> {
-    let has_preamble = bytes.len() >= 132 && &bytes[128..132] == b"DICM";
-    let mut r = Reader {
-        path,
-        bytes,
-        pos: if has_preamble { 132 } else { 0 },
-        syntax: Syntax {
-            explicit: true,
-            big_endian: false,
-        },
-    };
-
-    // File meta group (0002): always explicit VR little endian.
-    let mut transfer_syntax = None;
-    while r.bytes.get(r.pos..r.pos + 2) == Some(&[0x02, 0x00]) {
-        let (_, e, _, len) = r.header()?;
-        if len == UNDEFINED {
-            return Err(r.err("undefined length in the file meta group"));
-        }
-        let value = r.take(len as usize)?;
-        if e == 0x0010 {
-            transfer_syntax = Some(text(value));
-        }
-    }
-    // Without a meta group, DICOM's default is implicit VR little endian.
-    let uid = transfer_syntax.unwrap_or_else(|| IMPLICIT_LE.to_string());
-    r.syntax = match uid.as_str() {
-        IMPLICIT_LE => Syntax {
-            explicit: false,
-            big_endian: false,
-        },
-        EXPLICIT_LE => Syntax {
-            explicit: true,
-            big_endian: false,
-        },
-        EXPLICIT_BE => Syntax {
-            explicit: true,
-            big_endian: true,
-        },
-        other => {
-            let what = syntax_name(other).unwrap_or("unknown");
+/// dicom-object allocates (and zero-fills) each element's value at its declared length
+/// before reading it: a few hundred hostile bytes could ask for 4 GB. Walks the data set
+/// with dicom-parser's lazy reader (values skipped, never loaded) and refuses any length
+/// longer than the data set itself.
+fn check_lengths(path: &Path, data: &[u8], uid: &str) -> Result<(), DataError> {
+    if uid == DEFLATED_LE {
+        // Inflated here under a cap (the image-pixel limit at 16 bits plus 64 MiB of
+        // attributes), then walked as explicit VR little endian.
+        let bounds = crate::limits::current();
+        let cap = (bounds.image_pixels as u64).saturating_mul(2) + (64 << 20);
+        let mut inflated = Vec::new();
+        let mut inflater = flate2::read::DeflateDecoder::new(data).take(cap + 1);
+        inflater
+            .read_to_end(&mut inflated)
+            .map_err(|e| DataError::decode(path, format!("DICOM deflated data set: {e}")))?;
+        if inflated.len() as u64 > cap {
             return Err(DataError::unsupported(
                 path,
                 format!(
-                    "DICOM transfer syntax {other} ({what}) is compressed or unknown; \
-                     only native (uncompressed) pixel data can be decoded, \
-                     e.g. convert with `gdcmconv --raw` or `dcmdjpeg`"
+                    "DICOM deflated data set inflates past {cap} bytes (the image-pixels limit)"
                 ),
             ));
         }
+        return check_lengths(path, &inflated, EXPLICIT_LE);
+    }
+    let Some(ts) = TransferSyntaxRegistry.get(uid) else {
+        return Ok(());
     };
-
-    let mut a = Attrs::default();
-    while r.pos < r.bytes.len() {
-        let (g, e, vr, len) = r.header()?;
-        if (g, e) == (0x7FE0, 0x0010) {
-            if len == UNDEFINED {
-                return Err(DataError::unsupported(
-                    path,
-                    "encapsulated (compressed) pixel data",
-                ));
+    let total = data.len() as u64;
+    let mut reader = LazyDataSetReader::new_with_ts(std::io::Cursor::new(data), ts)
+        .map_err(|e| DataError::decode(path, format!("DICOM data set: {}", chain(&e))))?;
+    while let Some(token) = reader.advance() {
+        let token =
+            token.map_err(|e| DataError::decode(path, format!("DICOM data set: {}", chain(&e))))?;
+        let (tag, len) = match &token {
+            LazyDataToken::ElementHeader(h) | LazyDataToken::LazyValue { header: h, .. } => {
+                (Some(h.tag), h.len.get())
             }
-            let start = r.pos;
-            r.skip(len)?;
-            a.pixel_data = Some((start, len as usize));
-            break;
-        }
-        if len == UNDEFINED {
-            // Only sequences (or UN holding one) may have undefined length here.
-            if r.syntax.explicit && !matches!(&vr, b"SQ" | b"UN") {
-                return Err(r.err(format!(
-                    "undefined length for ({g:04X},{e:04X}) with VR {}",
-                    String::from_utf8_lossy(&vr)
-                )));
-            }
-            r.skip_undefined_sequence(0)?;
-            continue;
-        }
-        let value = r.take(len as usize)?;
-        let us = |v: &[u8], big: bool| -> Option<u16> {
-            let b: [u8; 2] = v.get(..2)?.try_into().ok()?;
-            Some(if big {
-                u16::from_be_bytes(b)
-            } else {
-                u16::from_le_bytes(b)
-            })
+            LazyDataToken::SequenceStart { tag, len } => (Some(*tag), len.get()),
+            LazyDataToken::ItemStart { len } => (None, len.get()),
+            LazyDataToken::LazyItemValue { len, .. } => (None, Some(*len)),
+            _ => (None, None),
         };
-        let big = r.syntax.big_endian;
-        if g == 0x0028 {
-            match e {
-                0x0002 => a.samples_per_pixel = us(value, big),
-                0x0004 => a.photometric = Some(text(value)),
-                0x0008 => a.number_of_frames = Some(text(value)),
-                0x0010 => a.rows = us(value, big),
-                0x0011 => a.columns = us(value, big),
-                0x0100 => a.bits_allocated = us(value, big),
-                0x0101 => a.bits_stored = us(value, big),
-                0x0103 => a.pixel_representation = us(value, big),
-                0x1052 => a.intercept = Some(text(value)),
-                0x1053 => a.slope = Some(text(value)),
-                _ => {}
-            }
+        if let Some(len) = len.filter(|&l| u64::from(l) > total) {
+            let what = tag.map_or_else(|| "an item".to_string(), |t| format!("element {t}"));
+            return Err(DataError::decode(
+                path,
+                format!(
+                    "truncated or corrupt: {what} declares {len} bytes, the data set has {total}"
+                ),
+            ));
+        }
+        token
+            .skip()
+            .map_err(|e| DataError::decode(path, format!("DICOM data set: {}", chain(&e))))?;
+    }
+    Ok(())
+}
+
+fn parse_dataset(path: &Path, bytes: &[u8]) -> Result<Object, DataError> {
+    check_lengths(path, bytes, IMPLICIT_LE)?;
+    let ts = TransferSyntaxRegistry
+        .get(IMPLICIT_LE)
+        .ok_or_else(|| DataError::decode(path, "implicit VR little endian not registered"))?;
+    let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts)
+        .map_err(|e| DataError::decode(path, format!("DICOM data set: {}", chain(&e))))?;
+    // The meta group is only this reader's bookkeeping: the data set names no SOP
+    // class/instance of its own in a bare file more often than not.
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(IMPLICIT_LE)
+        .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+        .media_storage_sop_instance_uid("2.25.0");
+    obj.with_meta(meta)
+        .map_err(|e| DataError::decode(path, format!("DICOM data set: {}", chain(&e))))
+}
+
+/// An element's text, trimmed; `None` when absent, empty or not text.
+fn text(obj: &Object, tag: Tag) -> Option<String> {
+    let e = obj.get(tag)?;
+    let s = e.value().to_str().ok()?;
+    let t = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// A US element's first value.
+fn us(path: &Path, obj: &Object, tag: Tag, name: &str) -> Result<Option<u16>, DataError> {
+    match obj.get(tag) {
+        None => Ok(None),
+        Some(e) => {
+            e.value().to_int::<u16>().map(Some).map_err(|err| {
+                DataError::decode(path, format!("DICOM attribute {name} {tag}: {err}"))
+            })
         }
     }
-    decode_pixels(path, bytes, &a, r.syntax.big_endian)
 }
 
 /// Parses a DS value (first of a multi-valued string).
-fn decimal(path: &Path, name: &str, v: &Option<String>, default: f64) -> Result<f64, DataError> {
+fn decimal(path: &Path, name: &str, v: Option<String>, default: f64) -> Result<f64, DataError> {
     match v
         .as_deref()
         .map(|s| s.split('\\').next().unwrap_or("").trim())
@@ -308,41 +270,82 @@ fn decimal(path: &Path, name: &str, v: &Option<String>, default: f64) -> Result<
     }
 }
 
-fn decode_pixels(
+fn attributes(obj: &Object) -> DicomAttributes {
+    DicomAttributes {
+        patient_id: text(obj, Tag(0x0010, 0x0020)),
+        study_instance_uid: text(obj, Tag(0x0020, 0x000D)),
+        sop_instance_uid: text(obj, Tag(0x0008, 0x0018)),
+        image_laterality: text(obj, Tag(0x0020, 0x0062)),
+        view_position: text(obj, Tag(0x0018, 0x5101)),
+    }
+}
+
+pub(crate) fn read(path: &Path, bytes: &[u8]) -> Result<GrayImage, DataError> {
+    read_with_attributes(path, bytes).map(|(img, _)| img)
+}
+
+pub(crate) fn read_with_attributes(
     path: &Path,
     bytes: &[u8],
-    a: &Attrs,
-    big_endian: bool,
-) -> Result<GrayImage, DataError> {
+) -> Result<(GrayImage, DicomAttributes), DataError> {
+    // The parser and the third-party decoders are not ours: a panic in them on hostile
+    // input becomes an error naming the file.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_inner(path, bytes))) {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown failure".into());
+            Err(DataError::decode(
+                path,
+                format!("DICOM decoder failed on malformed data: {what}"),
+            ))
+        }
+    }
+}
+
+fn read_inner(path: &Path, bytes: &[u8]) -> Result<(GrayImage, DicomAttributes), DataError> {
+    let obj = parse(path, bytes)?;
+    let uid = obj.meta().transfer_syntax().to_string();
+    check_syntax(path, &uid)?;
+    let attrs = attributes(&obj);
+
     let missing = |what: &str| DataError::decode(path, format!("DICOM attribute {what} missing"));
-    let (start, len) = a
-        .pixel_data
-        .ok_or_else(|| missing("PixelData (7FE0,0010)"))?;
-    let rows = usize::from(a.rows.ok_or_else(|| missing("Rows (0028,0010)"))?);
-    let cols = usize::from(a.columns.ok_or_else(|| missing("Columns (0028,0011)"))?);
+    if obj.get(Tag(0x7FE0, 0x0010)).is_none() {
+        return Err(missing("PixelData (7FE0,0010)"));
+    }
+    let rows = usize::from(
+        us(path, &obj, Tag(0x0028, 0x0010), "Rows")?.ok_or_else(|| missing("Rows (0028,0010)"))?,
+    );
+    let cols = usize::from(
+        us(path, &obj, Tag(0x0028, 0x0011), "Columns")?
+            .ok_or_else(|| missing("Columns (0028,0011)"))?,
+    );
     check_dims(path, cols, rows)?;
-    let spp = a.samples_per_pixel.unwrap_or(1);
+    let spp = us(path, &obj, Tag(0x0028, 0x0002), "SamplesPerPixel")?.unwrap_or(1);
     if spp != 1 {
         return Err(DataError::unsupported(
             path,
-            format!("{spp} samples per pixel (only greyscale DICOM is supported)"),
+            format!("{spp} samples per pixel (a colour image; only greyscale DICOM is supported)"),
         ));
     }
-    let frames = match a.number_of_frames.as_deref() {
-        None | Some("") => 1,
-        Some(s) => s.trim().parse::<u64>().unwrap_or(0),
+    let frames_text = text(&obj, Tag(0x0028, 0x0008));
+    let frames = match frames_text.as_deref() {
+        None => 1,
+        Some(s) => s.parse::<u64>().unwrap_or(0),
     };
     if frames != 1 {
         return Err(DataError::unsupported(
             path,
             format!(
-                "NumberOfFrames '{}' (only single-frame images are supported)",
-                a.number_of_frames.as_deref().unwrap_or("")
+                "NumberOfFrames '{}' (a multi-frame image; only single-frame images are supported)",
+                frames_text.as_deref().unwrap_or("")
             ),
         ));
     }
-    let bits_allocated = a
-        .bits_allocated
+    let bits_allocated = us(path, &obj, Tag(0x0028, 0x0100), "BitsAllocated")?
         .ok_or_else(|| missing("BitsAllocated (0028,0100)"))?;
     if bits_allocated != 8 && bits_allocated != 16 {
         return Err(DataError::unsupported(
@@ -350,20 +353,20 @@ fn decode_pixels(
             format!("BitsAllocated {bits_allocated} (only 8 and 16 are supported)"),
         ));
     }
-    let bits_stored = a.bits_stored.unwrap_or(bits_allocated);
+    let bits_stored = us(path, &obj, Tag(0x0028, 0x0101), "BitsStored")?.unwrap_or(bits_allocated);
     if bits_stored == 0 || bits_stored > bits_allocated {
         return Err(DataError::decode(
             path,
             format!("BitsStored {bits_stored} does not fit BitsAllocated {bits_allocated}"),
         ));
     }
-    let signed = match a.pixel_representation.unwrap_or(0) {
+    let signed = match us(path, &obj, Tag(0x0028, 0x0103), "PixelRepresentation")?.unwrap_or(0) {
         0 => false,
         1 => true,
         p => return Err(DataError::decode(path, format!("PixelRepresentation {p}"))),
     };
-    let photometric = a.photometric.as_deref().unwrap_or("MONOCHROME2");
-    let invert = match photometric {
+    let photometric = text(&obj, Tag(0x0028, 0x0004)).unwrap_or_else(|| "MONOCHROME2".to_string());
+    let invert = match photometric.as_str() {
         "MONOCHROME2" => false,
         "MONOCHROME1" => true,
         other => {
@@ -373,27 +376,40 @@ fn decode_pixels(
             ))
         }
     };
-    let slope = decimal(path, "RescaleSlope", &a.slope, 1.0)?;
-    let intercept = decimal(path, "RescaleIntercept", &a.intercept, 0.0)?;
+    let slope = decimal(path, "RescaleSlope", text(&obj, Tag(0x0028, 0x1053)), 1.0)?;
+    let intercept = decimal(
+        path,
+        "RescaleIntercept",
+        text(&obj, Tag(0x0028, 0x1052)),
+        0.0,
+    )?;
 
+    let decoded = obj.decode_pixel_data().map_err(|e| {
+        DataError::decode(
+            path,
+            format!("DICOM pixel data ({}): {}", syntax_label(&uid), chain(&e)),
+        )
+    })?;
+    let data = decoded.data();
     let bytes_per = usize::from(bits_allocated / 8);
     let needed = rows * cols * bytes_per;
-    if len < needed {
+    if data.len() < needed {
         return Err(DataError::decode(
             path,
-            format!("truncated pixel data: {rows}x{cols}x{bits_allocated} bit needs {needed} bytes, has {len}"),
+            format!(
+                "truncated pixel data: {rows}x{cols}x{bits_allocated} bit needs {needed} bytes, has {}",
+                data.len()
+            ),
         ));
     }
-    let data = &bytes[start..start + needed];
+    let data = &data[..needed];
+    // dicom-rs hands samples over in the machine's byte order (little endian on every
+    // target allconv builds for), whatever the file's transfer syntax.
     let raw: Vec<u16> = if bytes_per == 1 {
         data.iter().map(|&b| u16::from(b)).collect()
-    } else if big_endian {
-        data.chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .collect()
     } else {
         data.chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .map(|c| u16::from_ne_bytes([c[0], c[1]]))
             .collect()
     };
 
@@ -429,6 +445,7 @@ fn decode_pixels(
     } else {
         32
     };
-    GrayImage::new(cols, rows, bit_depth, pixels)
-        .map_err(|e| DataError::decode(path, e.to_string()))
+    let img = GrayImage::new(cols, rows, bit_depth, pixels)
+        .map_err(|e| DataError::decode(path, e.to_string()))?;
+    Ok((img, attrs))
 }

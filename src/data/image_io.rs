@@ -8,6 +8,7 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
+pub use super::dicom::DicomAttributes;
 use super::{check_dims, dicom, pnm, DataError};
 
 /// A single-channel image. `pixels` is row-major, `height * width` values.
@@ -77,9 +78,10 @@ impl GrayImage {
 /// - Colour files (RGB, RGBA, palette, colour PPM) are converted to grey exactly like
 ///   `cv2.cvtColor(img, COLOR_BGR2GRAY)` after `IMREAD_UNCHANGED`: for 8 and 16 bit
 ///   `(9798 R + 19235 G + 3735 B + 2^14) >> 15`; alpha is ignored. Grey+alpha keeps grey.
-/// - DICOM: native (uncompressed) transfer syntaxes only;
-///   compressed ones are refused with their UID in the message. Stored values `s` are
-///   pydicom's `pixel_array`; MONOCHROME1 is first inverted over the stored-bits range
+/// - DICOM (through dicom-rs): native, deflated, JPEG Lossless, JPEG Baseline/Extended,
+///   RLE and JPEG 2000 transfer syntaxes; JPEG-LS with the `jpegls` feature (the default
+///   build, not `edge`); anything else is refused with its UID in the message. Colour and
+///   multi-frame images are refused. Stored values `s` are pydicom's `pixel_array`; MONOCHROME1 is first inverted over the stored-bits range
 ///   (`s' = 2^BitsStored - 1 - s` unsigned, `s' = -1 - s` signed) so that high values
 ///   are bright as in MONOCHROME2; then `v = s' * RescaleSlope + RescaleIntercept` is
 ///   applied in `f64` and stored as `f32`. The result is `bit_depth` 8/16 (the
@@ -91,6 +93,44 @@ pub fn read_image(path: &Path) -> Result<GrayImage, DataError> {
         source,
     })?;
     read_image_bytes(path, &bytes)
+}
+
+/// [`read_image`] plus, for a DICOM file, its identifying attributes (PatientID,
+/// StudyInstanceUID, SOPInstanceUID, ImageLaterality, ViewPosition); `None` for every
+/// other format. The pixels are exactly [`read_image`]'s.
+pub fn read_image_with_attributes(
+    path: &Path,
+) -> Result<(GrayImage, Option<DicomAttributes>), DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.is_empty() {
+        return Err(DataError::decode(path, "empty file"));
+    }
+    if is_dicom(path, &bytes) {
+        let (img, attrs) = dicom::read_with_attributes(path, &bytes)?;
+        return Ok((img, Some(attrs)));
+    }
+    read_image_bytes(path, &bytes).map(|img| (img, None))
+}
+
+/// Whether [`read_image_bytes`] reads these bytes as DICOM: the `DICM` code after the
+/// preamble, or a `.dcm`/`.dicom` name on a file no other format claims.
+fn is_dicom(path: &Path, bytes: &[u8]) -> bool {
+    if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        return true;
+    }
+    let other = (bytes.len() >= 2 && bytes[0] == b'P' && matches!(bytes[1], b'1'..=b'7'))
+        || bytes.starts_with(b"\x89PNG\r\n\x1a\n")
+        || bytes.starts_with(&[0xFF, 0xD8, 0xFF])
+        || bytes.starts_with(b"II*\0")
+        || bytes.starts_with(b"MM\0*");
+    !other
+        && path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("dcm") || e.eq_ignore_ascii_case("dicom"))
 }
 
 /// [`read_image`] on an in-memory file; `path` is used for messages and for the

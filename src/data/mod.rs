@@ -21,7 +21,9 @@ pub use dataset::{
     Batch, BatchOptions, Dataset, DatasetOptions, DatasetWarning, EpochIter, FileCheck,
     LoaderStats, Sample, Weighting,
 };
-pub use image_io::{read_image, read_image_bytes, GrayImage};
+pub use image_io::{
+    read_image, read_image_bytes, read_image_with_attributes, DicomAttributes, GrayImage,
+};
 pub use overlay::{render_overlay, write_overlay, OverlayOptions};
 pub use preprocess::{flip_h, flip_v, Preprocess};
 pub use resize::{resize_cubic, resize_cubic_f32, resize_cubic_u16, resize_cubic_u8};
