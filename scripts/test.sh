@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 . scripts/progress.sh
 phase "setup: cmake, libtorch 2.11.0 and the Python frameworks of the cross-checks (first time: several GB of wheels from PyPI)"
 scripts/setup.sh --python
+phase "setup: Slurm and munge from Debian's packages (tests/archive_slurm.rs starts a one-node cluster)"
+scripts/slurm/local-cluster.sh install target/slurm-setup
 for t in ${ALLCONV_CROSS_TARGETS:-aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf x86_64-unknown-linux-musl}; do
   phase "edge build for $t: $(build_hint "target/$t/edge")"
   scripts/cross.sh "$t" >/dev/null

@@ -5,6 +5,7 @@
 #   sbatch --array=0-3 --wait job.sh
 #   scripts/slurm/local-cluster.sh stop /tmp/slurm-test               # safe to call twice
 #   scripts/slurm/local-cluster.sh env /tmp/slurm-test                # the export lines again
+#   scripts/slurm/local-cluster.sh install /tmp/slurm-test            # only the packages (test setup)
 #
 # `start` installs Debian's slurm-wlm and munge with apt-get when they are missing (needs
 # root; daemons are kept from starting during the install), then writes into STATE_DIR:
@@ -38,7 +39,7 @@
 # $LOCAL_SLURM_CRED_EXPIRE + 1 seconds later (default 10, Slurm's minimum 5).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|env|status STATE_DIR" >&2; exit 2; }
+usage() { echo "usage: $0 install|start|stop|env|status STATE_DIR" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 cmd="$1"
 state="$(realpath -m "$2")"
@@ -292,6 +293,7 @@ do_status() {
 }
 
 case "$cmd" in
+  install) mkdir -p "$state/log"; install_packages ;;
   start) do_start ;;
   stop) do_stop ;;
   env) print_env ;;
