@@ -157,6 +157,17 @@ impl Progress {
             super::progress::clear();
         }
     }
+
+    /// The progress line as text, for logs that are not a terminal (a cluster task's).
+    pub fn log_line(&self, done: usize) -> String {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let rate = format!(" {:.2} images/s", done as f64 / elapsed.max(1e-9));
+        super::progress::line(done, self.total, elapsed, &rate)
+    }
+
+    pub fn drawing(&self) -> bool {
+        self.on
+    }
 }
 
 /// The heatmap pass's summary, on stderr before the images run.
@@ -375,11 +386,16 @@ fn archive(args: &PredictArgs) -> Result<ExitCode, String> {
     let opts = args.score_options()?;
     let mut progress: Option<Progress> = None;
     let mut done = 0;
+    let every = so.chunk_rows.max(1);
     let report = run_shard(&opts, &so, |row, total| {
         let p = progress.get_or_insert_with(|| Progress::new(total, args.json));
         report_row(p, row);
         done += 1;
         p.step(done);
+        // A cluster task's log is a file: one line per chunk's worth of rows instead.
+        if !p.drawing() && !args.json && (done % every == 0 || done == total) {
+            eprintln!("shard {}: {}", so.shard, p.log_line(done));
+        }
     });
     if let Some(p) = &progress {
         p.clear();

@@ -3,9 +3,8 @@
 //! its graph, and one run of one view.
 
 use super::{Backend, Res, ScoreOptions};
-use crate::ir::Graph;
 #[cfg(feature = "keras")]
-use crate::ir::{split_channels, DataFormat};
+use crate::ir::{split_channels, DataFormat, Graph};
 #[cfg(feature = "keras")]
 use crate::keras::{read_model, ReadOptions};
 use crate::meta;
