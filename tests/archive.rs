@@ -307,7 +307,50 @@ fn shards_resume_and_merge_to_one_plain_run() {
         .filter(|r| !r["path"].ends_with(".dcm"))
         .all(|r| r["dicom_patient_id"].is_empty()));
 
+    // --retry-failed: the corrupt file, now readable, is scored again; the missing one fails
+    // again; each row is still there once, and the rest of the shard is not rerun.
+    std::fs::copy(
+        root().join("fixtures/images/mdb028_8.png"),
+        dir.join("img/corrupt.png"),
+    )
+    .unwrap();
+    let o = scored(
+        &m_s,
+        &out_s,
+        PRE,
+        &["--shard", "1/3", "--retry-failed", "--json"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            r["retried"].as_u64(),
+            r["scored"].as_u64(),
+            r["failed"].as_u64()
+        ),
+        (Some(2), Some(2), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["resumed"], 3);
+    let o = ok(&[
+        "merge",
+        &out_s,
+        "-o",
+        &merged.display().to_string(),
+        "--json",
+    ]);
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (rep["rows"].as_u64(), rep["ok"].as_u64()),
+        (Some(15), Some(14)),
+        "{rep}"
+    );
+    let rows = read_csv(&merged);
+    assert_eq!(rows[5]["status"], "ok");
+    assert_eq!(rows[6]["status"], "failed");
+
     // Another split of the same folder, or another preprocessing, is refused: nothing written.
+    let before = chunks(&out.join("shard-00001-of-00003"));
     let o = scored(&m_s, &out_s, PRE, &["--shard", "0/2"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("split into 3 shards"));
@@ -315,7 +358,7 @@ fn shards_resume_and_merge_to_one_plain_run() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("preprocess: was"), "{err}");
-    assert_eq!(chunks(&out.join("shard-00001-of-00003")).len(), 3);
+    assert_eq!(chunks(&out.join("shard-00001-of-00003")), before);
 
     // A chunk copied under another name: a row twice, the merge refuses (status 2).
     let d0 = out.join("shard-00000-of-00003");

@@ -40,6 +40,10 @@ pub struct PredictArgs {
     /// killed task loses at most the rows of the chunk in progress.
     #[arg(long, default_value_t = 64, requires = "manifest", value_parser = clap::value_parser!(u64).range(1..))]
     pub chunk_rows: u64,
+    /// Archive scoring: score again the rows an earlier run of this shard recorded as
+    /// failed (they leave their chunks first: no row is written twice).
+    #[arg(long, requires = "manifest")]
+    pub retry_failed: bool,
     /// Format of the result chunks.
     #[arg(long, default_value = "parquet", requires = "manifest", value_parser = ["parquet", "csv"])]
     pub format: String,
@@ -382,6 +386,7 @@ fn archive(args: &PredictArgs) -> Result<ExitCode, String> {
         } else {
             Format::Parquet
         },
+        retry_failed: args.retry_failed,
     };
     let opts = args.score_options()?;
     let mut progress: Option<Progress> = None;
@@ -408,6 +413,7 @@ fn archive(args: &PredictArgs) -> Result<ExitCode, String> {
             "shard": report.shard.to_string(),
             "rows": [report.rows.start, report.rows.end],
             "resumed": report.resumed,
+            "retried": report.retried,
             "scored": report.scored,
             "failed": report.failed,
             "chunks_written": report.chunks_written,
@@ -430,8 +436,13 @@ fn archive(args: &PredictArgs) -> Result<ExitCode, String> {
                 i.preprocess, i.preprocess_source, i.tta, i.engine
             );
         }
+        let retried = if report.retried > 0 {
+            format!(" ({} failed rows taken out to retry)", report.retried)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "shard {}: rows {}..{}: {} done before, {} scored now ({} failed) in {:.1} s, {} chunk(s) written to {}",
+            "shard {}: rows {}..{}: {} done before{retried}, {} scored now ({} failed) in {:.1} s, {} chunk(s) written to {}",
             report.shard,
             report.rows.start,
             report.rows.end,

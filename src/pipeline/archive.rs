@@ -28,6 +28,10 @@ pub struct ShardOptions {
     /// Rows per chunk file.
     pub chunk_rows: usize,
     pub format: Format,
+    /// Score again the rows earlier runs recorded as failed (a file that was unreadable
+    /// on a flaky mount, say): they are taken out of their chunks first, so that no row
+    /// is ever written twice.
+    pub retry_failed: bool,
 }
 
 /// What a shard run did.
@@ -39,6 +43,8 @@ pub struct ShardReport {
     pub rows: std::ops::Range<usize>,
     /// Rows found done in earlier runs' chunks (skipped).
     pub resumed: usize,
+    /// Failed rows taken out of earlier chunks to be scored again (`retry_failed`).
+    pub retried: usize,
     /// Rows scored by this run, and of those, failures.
     pub scored: usize,
     pub failed: usize,
@@ -75,7 +81,7 @@ pub fn run_shard(
     refuse_other_splits(&so.out, so.shard)?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     remove_stale_temps(&dir)?;
-    let done = rows_done(&dir)?;
+    let mut done = rows_done(&dir)?;
     if let Some(r) = done.iter().find(|r| !range.contains(r)) {
         return Err(format!(
             "{}: holds row {r}, outside this shard's rows {}..{}: the folder belongs to another manifest or shard",
@@ -105,6 +111,11 @@ pub fn run_shard(
         Err(e) => return Err(format!("{}: {e}", record_path.display())),
     };
     check_same(&record_path, earlier.as_ref(), &record, false)?;
+    let retried = if so.retry_failed {
+        drop_failed_rows(&dir, &mut done)?
+    } else {
+        0
+    };
     let todo: Vec<&ManifestRow> = manifest.rows[range.clone()]
         .iter()
         .filter(|r| !done.contains(&r.index))
@@ -117,6 +128,7 @@ pub fn run_shard(
         shard: so.shard,
         rows: range.clone(),
         resumed: done.len(),
+        retried,
         scored: 0,
         failed: 0,
         chunks_written: 0,
@@ -271,6 +283,38 @@ fn rows_done(dir: &Path) -> Res<HashSet<usize>> {
         }
     }
     Ok(done)
+}
+
+/// Takes the failed rows out of the folder's chunks (each chunk rewritten whole, or removed
+/// when nothing is left in it) and out of `done`; how many.
+fn drop_failed_rows(dir: &Path, done: &mut HashSet<usize>) -> Res<usize> {
+    let mut dropped = 0;
+    for f in chunk_files(dir)? {
+        let t = super::table::read_table(&f)?;
+        let (Some(Values::Str(status)), Some(Values::Int(rows))) =
+            (t.column("status"), t.column("row"))
+        else {
+            return Err(format!("{}: no `status` and `row` columns", f.display()));
+        };
+        let keep: Vec<usize> = (0..t.rows())
+            .filter(|&i| status[i].as_deref() == Some("ok"))
+            .collect();
+        if keep.len() == t.rows() {
+            continue;
+        }
+        for i in (0..t.rows()).filter(|i| !keep.contains(i)) {
+            if let Some(r) = rows[i].and_then(|r| usize::try_from(r).ok()) {
+                done.remove(&r);
+            }
+        }
+        dropped += t.rows() - keep.len();
+        if keep.is_empty() {
+            std::fs::remove_file(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        } else {
+            write_table(&f, &t.take(&keep))?;
+        }
+    }
+    Ok(dropped)
 }
 
 /// One chunk's rows as a table: `row`, `path`, the manifest's other columns, `status`,
