@@ -44,9 +44,10 @@ pub struct PredictArgs {
     /// failed (they leave their chunks first: no row is written twice).
     #[arg(long, requires = "manifest")]
     pub retry_failed: bool,
-    /// Format of the result chunks.
-    #[arg(long, default_value = "parquet", requires = "manifest", value_parser = ["parquet", "csv"])]
-    pub format: String,
+    /// Format of the result chunks (default: parquet; csv in the edge build, which has no
+    /// Parquet writer).
+    #[arg(long, requires = "manifest", value_parser = ["parquet", "csv"])]
+    pub format: Option<String>,
     /// Preprocessing, e.g. `rescale=0.003891,mean=52.18,gray,size=1152x896`
     /// (keys: size=HxW, target_scale=F, rescale=F, mean=F, channels=1|3, gray).
     /// Overrides the parameters recorded in the ONNX metadata.
@@ -381,10 +382,10 @@ fn archive(args: &PredictArgs) -> Result<ExitCode, String> {
         out: out.clone(),
         shard,
         chunk_rows: args.chunk_rows.try_into().unwrap_or(usize::MAX),
-        format: if args.format == "csv" {
-            Format::Csv
-        } else {
-            Format::Parquet
+        format: match args.format.as_deref() {
+            Some("csv") => Format::Csv,
+            Some(_) => Format::Parquet,
+            None => Format::DEFAULT,
         },
         retry_failed: args.retry_failed,
     };

@@ -171,6 +171,13 @@ pub enum Format {
 }
 
 impl Format {
+    /// The chunks' format when none is asked for: Parquet where this build writes it.
+    pub const DEFAULT: Format = if cfg!(feature = "parquet") {
+        Format::Parquet
+    } else {
+        Format::Csv
+    };
+
     pub fn of(path: &Path) -> Res<Format> {
         match path.extension().and_then(|e| e.to_str()) {
             Some(e) if e.eq_ignore_ascii_case("csv") => Ok(Format::Csv),
@@ -194,7 +201,10 @@ impl Format {
 pub fn write_table(path: &Path, t: &Table) -> Res<()> {
     let bytes = match Format::of(path)? {
         Format::Csv => csv_bytes(t),
+        #[cfg(feature = "parquet")]
         Format::Parquet => parquet_bytes(t),
+        #[cfg(not(feature = "parquet"))]
+        Format::Parquet => Err(NO_PARQUET.into()),
     }
     .map_err(|e| format!("{}: {e}", path.display()))?;
     crate::files::write_atomic(path, &bytes).map_err(|e| e.to_string())
@@ -205,7 +215,10 @@ pub fn write_table(path: &Path, t: &Table) -> Res<()> {
 pub fn read_table(path: &Path) -> Res<Table> {
     let r = match Format::of(path)? {
         Format::Csv => read_csv(path),
+        #[cfg(feature = "parquet")]
         Format::Parquet => read_parquet(path),
+        #[cfg(not(feature = "parquet"))]
+        Format::Parquet => Err(NO_PARQUET.to_string()),
     };
     r.map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -292,6 +305,10 @@ fn read_csv(path: &Path) -> Res<Table> {
     Ok(Table { columns })
 }
 
+#[cfg(not(feature = "parquet"))]
+const NO_PARQUET: &str = "Parquet is read and written by the full build (the `parquet` feature); this build writes CSV: --format csv, or merge -o scores.csv";
+
+#[cfg(feature = "parquet")]
 fn parquet_bytes(t: &Table) -> Res<Vec<u8>> {
     use parquet::basic::{Compression, LogicalType, Repetition, Type as Physical};
     use parquet::data_type::{ByteArray, ByteArrayType, FloatType, Int64Type};
@@ -368,6 +385,7 @@ fn parquet_bytes(t: &Table) -> Res<Vec<u8>> {
     Ok(out)
 }
 
+#[cfg(feature = "parquet")]
 fn read_parquet(path: &Path) -> Res<Table> {
     use parquet::basic::Type as Physical;
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -446,7 +464,12 @@ mod tests {
     fn csv_and_parquet_read_back_what_was_written() {
         let dir = std::env::temp_dir().join(format!("allconv-table-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for ext in ["csv", "parquet"] {
+        let exts: &[&str] = if cfg!(feature = "parquet") {
+            &["csv", "parquet"]
+        } else {
+            &["csv"]
+        };
+        for ext in exts {
             let p = dir.join(format!("t.{ext}"));
             write_table(&p, &sample()).unwrap();
             let back = read_table(&p).unwrap();
