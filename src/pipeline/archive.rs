@@ -93,13 +93,14 @@ pub fn run_shard(
     let model_sha256 = crate::files::sha256_file(&opts.model).map_err(|e| e.to_string())?;
     let mut record = json!({
         "allconv": env!("CARGO_PKG_VERSION"),
-        "manifest": manifest.file.display().to_string(),
+        // Absolute, so that `merge` run from another folder still finds it.
+        "manifest": absolute(&manifest.file).display().to_string(),
         "manifest_sha256": manifest.sha256,
         "manifest_rows": n,
         "path_column": so.path_column,
         "shard": so.shard.to_string(),
         "rows": [range.start, range.end],
-        "model": opts.model.display().to_string(),
+        "model": absolute(&opts.model).display().to_string(),
         "model_sha256": model_sha256,
     });
     let record_path = dir.join("run.json");
@@ -178,6 +179,10 @@ pub fn run_shard(
     report.info = Some(info?);
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Refuses to mix runs: the earlier record's fields in [`MUST_MATCH`] must equal this
