@@ -50,6 +50,14 @@ fn scored(m: &str, out: &str, pre: &str, extra: &[&str]) -> Output {
     run(&a)
 }
 
+/// `merge DIR -o OUT --json`: its exit status and report.
+fn merge_report(dir: &str, out: &Path) -> (Option<i32>, serde_json::Value) {
+    let o = run(&["merge", dir, "-o", &out.display().to_string(), "--json"]);
+    let rep = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    (o.status.code(), rep)
+}
+
 fn ok(args: &[&str]) -> Output {
     let o = run(args);
     assert!(
@@ -195,20 +203,8 @@ fn shards_resume_and_merge_to_one_plain_run() {
     run_shard("2/3", "csv");
     // Incomplete: shard 1 has not run.
     let merged = dir.join("scores.csv");
-    let o = run(&[
-        "merge",
-        &out_s,
-        "-o",
-        &merged.display().to_string(),
-        "--json",
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (status, rep) = merge_report(&out_s, &merged);
+    assert_eq!(status, Some(1), "{rep}");
     assert_eq!(rep["complete"], false);
     assert_eq!(rep["shards_missing"], serde_json::json!([1]));
     let missing: Vec<u64> = rep["missing"]
@@ -227,14 +223,8 @@ fn shards_resume_and_merge_to_one_plain_run() {
     );
     assert_eq!(chunks(&out.join("shard-00000-of-00003")).len(), 3);
     run_shard("1/3", "parquet");
-    let o = ok(&[
-        "merge",
-        &out_s,
-        "-o",
-        &merged.display().to_string(),
-        "--json",
-    ]);
-    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (status, rep) = merge_report(&out_s, &merged);
+    assert_eq!(status, Some(0), "{rep}");
     assert_eq!(rep["complete"], true);
     assert_eq!(rep["rows"], 15);
     assert_eq!(rep["ok"], 13);
@@ -332,14 +322,8 @@ fn shards_resume_and_merge_to_one_plain_run() {
         "{r}"
     );
     assert_eq!(r["resumed"], 3);
-    let o = ok(&[
-        "merge",
-        &out_s,
-        "-o",
-        &merged.display().to_string(),
-        "--json",
-    ]);
-    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (status, rep) = merge_report(&out_s, &merged);
+    assert_eq!(status, Some(0), "{rep}");
     assert_eq!(
         (rep["rows"].as_u64(), rep["ok"].as_u64()),
         (Some(15), Some(14)),
