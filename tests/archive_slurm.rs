@@ -274,6 +274,7 @@ fn a_job_array_cancelled_resubmitted_and_merged_equals_one_run() {
         "{states:?}"
     );
     let done_at_cancel = parts(&shard2);
+    eprintln!("task 2 had written {done_at_cancel} of its 10 rows when cancelled");
     assert!(
         (1..10).contains(&done_at_cancel),
         "task 2 was cancelled midway: {done_at_cancel} of its 10 rows written"
