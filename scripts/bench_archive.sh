@@ -6,7 +6,7 @@
 #
 #   scripts/bench_archive.sh        # about 6 min on 2 cores; writes docs/bench/bench_archive.json
 #
-# Measures, without and with TTA: images/s of one task using every core and of one
+# Measures, without TTA and with it (in the graph, and on the host with --tta): images/s of one task using every core and of one
 # single-threaded task per core side by side (how a job array packs a node), peak memory
 # per task, the fixed cost of a task (process start, model load, first run: a 2-image task
 # against the 20-image one), the projection for 10^6 images, and crash safety: KILLS runs
@@ -42,15 +42,19 @@ run() {
   echo "$name $(cat "$out/time.txt")" | tee -a "$out/runs.tsv"
 }
 
-for m in plain tta; do
+# plain: no TTA; tta: the 4 flips in the graph (one batch of 4); host: the plain file with
+# --tta (the flips run one after another).
+for m in plain tta host; do
+  file="$out/$m.onnx"; extra=()
+  [ "$m" = host ] && { file="$out/plain.onnx"; extra=(--tta); }
   echo "bench_archive: $m: one task, $cores threads"
-  run "${m}_one_20" $bin predict "$out/$m.onnx" --manifest "$out/manifest.csv" --out "$out/${m}_one_20" --threads "$cores"
-  run "${m}_one_2" $bin predict "$out/$m.onnx" --manifest "$out/manifest2.csv" --out "$out/${m}_one_2" --threads "$cores"
+  run "${m}_one_20" $bin predict "$file" "${extra[@]}" --manifest "$out/manifest.csv" --out "$out/${m}_one_20" --threads "$cores"
+  run "${m}_one_2" $bin predict "$file" "${extra[@]}" --manifest "$out/manifest2.csv" --out "$out/${m}_one_2" --threads "$cores"
   echo "bench_archive: $m: $cores single-threaded tasks side by side"
   start=$(date +%s.%N)
   pids=()
   for ((i = 0; i < cores; i++)); do
-    /usr/bin/time -f "%e %M" -o "$out/${m}_pack_$i.time" $bin predict "$out/$m.onnx" --manifest "$out/manifest.csv" \
+    /usr/bin/time -f "%e %M" -o "$out/${m}_pack_$i.time" $bin predict "$file" "${extra[@]}" --manifest "$out/manifest.csv" \
       --out "$out/${m}_pack" --shard "$i/$cores" --threads 1 >/dev/null 2>"$out/${m}_pack_$i.err" &
     pids+=($!)
   done
@@ -105,7 +109,7 @@ for line in open(f"{out}/runs.tsv"):
     runs[name] = (float(wall), int(rss) / 1024.0)
 n = 20
 rows_tp, rows_cost, rows_proj = [], [], []
-for m, label in (("plain", "off"), ("tta", "4 flips, in the graph")):
+for m, label in (("plain", "off"), ("tta", "4 flips, in the graph"), ("host", "4 flips, on the host (--tta)")):
     one, two, pack = runs[f"{m}_one_20"], runs[f"{m}_one_2"], runs[f"{m}_pack"]
     per_image = (one[0] - two[0]) / (n - 2)
     fixed = max(two[0] - 2 * per_image, 0.0)
