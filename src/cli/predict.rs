@@ -275,7 +275,9 @@ fn list(args: &PredictArgs) -> Result<ExitCode, String> {
         head.push("error".into());
         outln(&mut out, &head.join(","));
         for r in rows {
-            let mut f = vec![csv_field(&r.file.display().to_string())];
+            let mut f = vec![allconv::eval::table::csv_field(
+                &r.file.display().to_string(),
+            )];
             match &r.result {
                 Ok(s) => {
                     f.extend(s.probabilities.iter().map(|v| v.to_string()));
@@ -283,7 +285,7 @@ fn list(args: &PredictArgs) -> Result<ExitCode, String> {
                 }
                 Err(e) => {
                     f.extend((0..classes).map(|_| String::new()));
-                    f.push(csv_field(e));
+                    f.push(allconv::eval::table::csv_field(e));
                 }
             }
             outln(&mut out, &f.join(","));
@@ -338,14 +340,6 @@ fn list(args: &PredictArgs) -> Result<ExitCode, String> {
 fn outln(out: &mut String, line: &str) {
     out.push_str(line);
     out.push('\n');
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 /// Writes to stdout, ignoring a closed pipe (`allconv predict ... | head`).

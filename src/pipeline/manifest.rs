@@ -67,7 +67,7 @@ impl Manifest {
             if !seen.insert(h.as_str()) {
                 problems.push(format!("header: column {h:?} appears twice"));
             }
-            if RESERVED.contains(&h.as_str()) || is_probability_column(h) {
+            if RESERVED.contains(&h.as_str()) || super::table::probability_column(h).is_some() {
                 problems.push(format!(
                     "header: column {h:?} is also an output column; rename it"
                 ));
@@ -134,13 +134,6 @@ impl Manifest {
             rows,
         })
     }
-}
-
-/// `p0`, `p1`, ..., `p3_single`: the probability columns of the results.
-pub fn is_probability_column(name: &str) -> bool {
-    name.strip_prefix('p')
-        .map(|r| r.strip_suffix("_single").unwrap_or(r))
-        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The `index`-th of `count` contiguous slices of the manifest's rows.

@@ -28,6 +28,15 @@ impl Values {
         self.len() == 0
     }
 
+    /// Whether value `i` is not null.
+    pub fn present(&self, i: usize) -> bool {
+        match self {
+            Values::Int(v) => v[i].is_some(),
+            Values::Float(v) => v[i].is_some(),
+            Values::Str(v) => v[i].is_some(),
+        }
+    }
+
     /// `n` nulls of the same type.
     fn nulls_like(&self, n: usize) -> Values {
         match self {
@@ -57,17 +66,26 @@ impl Values {
     }
 }
 
+/// `p<k>` -> (k, false), `p<k>_single` -> (k, true): the probability columns of the results.
+pub fn probability_column(name: &str) -> Option<(usize, bool)> {
+    let rest = name.strip_prefix('p')?;
+    let (digits, single) = match rest.strip_suffix("_single") {
+        Some(d) => (d, true),
+        None => (rest, false),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((digits.parse().ok()?, single))
+}
+
 /// The type of a column by its name, for CSV (which does not record types): `row` and
 /// `input_h`/`input_w` are integers, `p<k>` and `p<k>_single` are probabilities, all else
 /// is text.
 pub fn csv_type_of(name: &str) -> Values {
-    let prob = name
-        .strip_prefix('p')
-        .map(|r| r.strip_suffix("_single").unwrap_or(r))
-        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
     match name {
         "row" | "input_h" | "input_w" => Values::Int(Vec::new()),
-        _ if prob => Values::Float(Vec::new()),
+        _ if probability_column(name).is_some() => Values::Float(Vec::new()),
         _ => Values::Str(Vec::new()),
     }
 }
@@ -147,17 +165,9 @@ impl Table {
     /// Probability columns `p0, p1, ...` in class order after the other columns (a
     /// merge's union puts a later chunk's extra classes at the end).
     pub fn order_columns(&mut self) {
-        let key = |name: &str| -> (usize, usize, usize) {
-            let single = name.ends_with("_single");
-            let digits = name
-                .strip_prefix('p')
-                .map(|r| r.strip_suffix("_single").unwrap_or(r))
-                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|d| d.parse::<usize>().ok());
-            match digits {
-                Some(k) => (1, usize::from(single), k),
-                None => (0, 0, 0),
-            }
+        let key = |name: &str| match probability_column(name) {
+            Some((k, single)) => (1, usize::from(single), k),
+            None => (0, 0, 0),
         };
         self.columns.sort_by_key(|c| key(&c.name));
     }
@@ -350,21 +360,16 @@ fn parquet_bytes(t: &Table) -> Res<Vec<u8>> {
             .next_column()
             .map_err(e)?
             .ok_or("internal: fewer parquet columns than the schema")?;
-        let defs = |present: Vec<bool>| present.into_iter().map(i16::from).collect::<Vec<_>>();
+        let defs: Vec<i16> = (0..c.values.len())
+            .map(|i| i16::from(c.values.present(i)))
+            .collect();
+        let w = &mut col;
         match &c.values {
             Values::Int(v) => {
-                let vals: Vec<i64> = v.iter().flatten().copied().collect();
-                let d = defs(v.iter().map(Option::is_some).collect());
-                col.typed::<Int64Type>()
-                    .write_batch(&vals, Some(&d), None)
-                    .map_err(e)?;
+                put::<Int64Type>(w, &v.iter().flatten().copied().collect::<Vec<_>>(), &defs)
             }
             Values::Float(v) => {
-                let vals: Vec<f32> = v.iter().flatten().copied().collect();
-                let d = defs(v.iter().map(Option::is_some).collect());
-                col.typed::<FloatType>()
-                    .write_batch(&vals, Some(&d), None)
-                    .map_err(e)?;
+                put::<FloatType>(w, &v.iter().flatten().copied().collect::<Vec<_>>(), &defs)
             }
             Values::Str(v) => {
                 let vals: Vec<ByteArray> = v
@@ -372,17 +377,25 @@ fn parquet_bytes(t: &Table) -> Res<Vec<u8>> {
                     .flatten()
                     .map(|s| ByteArray::from(s.as_str()))
                     .collect();
-                let d = defs(v.iter().map(Option::is_some).collect());
-                col.typed::<ByteArrayType>()
-                    .write_batch(&vals, Some(&d), None)
-                    .map_err(e)?;
+                put::<ByteArrayType>(w, &vals, &defs)
             }
         }
+        .map_err(e)?;
         col.close().map_err(e)?;
     }
     g.close().map_err(e)?;
     w.close().map_err(e)?;
     Ok(out)
+}
+
+/// One nullable column's present values and definition levels (1 present, 0 null).
+#[cfg(feature = "parquet")]
+fn put<T: parquet::data_type::DataType>(
+    col: &mut parquet::file::writer::SerializedColumnWriter<'_>,
+    values: &[T::T],
+    defs: &[i16],
+) -> parquet::errors::Result<usize> {
+    col.typed::<T>().write_batch(values, Some(defs), None)
 }
 
 #[cfg(feature = "parquet")]
