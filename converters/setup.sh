@@ -4,7 +4,7 @@
 #   .venv-keras122 : keras==1.2.2  + theano==1.0.5 (genuine Keras 1.2.2, Theano backend)
 #   .venv-tf       : tensorflow-cpu==2.21.0 + tf-keras==2.21.0 (+ keras 3), h5py, onnx, onnxruntime, opencv,
 #                    pandas, scikit-learn, pillow (sample_patches_ref.py), safetensors (tests/safetensors_crate.rs)
-#                    pydicom + pylibjpeg decoders (make_dicom_codecs.py)
+#                    pydicom + pylibjpeg decoders (make_dicom_codecs.py), pyarrow (tests/archive.rs reads our Parquet)
 # Usage (from the repo root): bash converters/setup.sh [keras208|keras122|tf ...]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,12 +30,12 @@ legacy() {  # $1 = venv dir, $2 = keras version
 
 tfenv() {
   local v=.venv-tf
-  if [ -x "$v/bin/python" ] && "$v/bin/python" -c "import tensorflow, tf_keras, onnx, onnxruntime, cv2, h5py, pandas, sklearn, PIL, safetensors, pydicom, pylibjpeg, libjpeg, openjpeg, rle" >/dev/null 2>&1 </dev/null; then
+  if [ -x "$v/bin/python" ] && "$v/bin/python" -c "import tensorflow, tf_keras, onnx, onnxruntime, cv2, h5py, pandas, sklearn, PIL, safetensors, pydicom, pylibjpeg, libjpeg, openjpeg, rle, pyarrow" >/dev/null 2>&1 </dev/null; then
     echo "$v: already present"; return
   fi
   [ -x "$v/bin/python" ] || "$PY" -m venv "$v"
   "$v/bin/pip" install -q tensorflow-cpu==2.21.0 tf-keras==2.21.0 h5py numpy onnx onnxruntime opencv-python-headless pandas scikit-learn pillow safetensors \
-    pydicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle
+    pydicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle pyarrow
 }
 
 targets=("$@"); [ ${#targets[@]} -eq 0 ] && targets=(keras208 keras122 tf)
