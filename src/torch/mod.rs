@@ -36,6 +36,7 @@
 //! | PReLU | `alpha` | Keras layout (without batch) |
 //! | all | `bias` | (out,) |
 
+pub mod memory_format;
 mod ops;
 pub mod verify;
 
@@ -246,6 +247,8 @@ pub struct TorchModel {
     pub kind: Kind,
     /// Variable name -> tensor (shallow clones of the VarStore's variables).
     weights: HashMap<String, Tensor>,
+    /// Activations in channels-last memory (else contiguous NCHW): see [`memory_format`].
+    pub channels_last: bool,
 }
 
 /// A row-major f32 tensor copied out of libtorch.
@@ -337,6 +340,8 @@ impl TorchModel {
         }
         vs.freeze();
         let weights = vs.variables();
+        let channels_last =
+            memory_format::channels_last_pays(graph, |key| param_shapes.get(key).cloned());
         Ok(TorchModel {
             vs,
             graph: graph.structure(),
@@ -345,6 +350,7 @@ impl TorchModel {
             bilinear: BilinearMode::for_source(&graph.source),
             kind: Kind::Float,
             weights,
+            channels_last,
         })
     }
 
@@ -619,10 +625,14 @@ impl TorchModel {
                 .map_err(terr("moving the input"))?;
             let lay =
                 layout::channels_first_layout(rank, inp.data_format == DataFormat::ChannelsLast);
-            // A channels-last input stays in its memory order: the permuted view has
-            // channels-last strides, which libtorch's convolutions keep end to end (oneDNN
-            // without a layout reorder per layer). 2-thread full-width model: 600 -> 490 ms.
-            let t = permute_to(&x, &layout::identity_perm(rank), &lay)?;
+            // A channels-last input stays in its memory order where that pays
+            // ([`memory_format`]): the permuted view has channels-last strides, which
+            // libtorch's convolutions keep end to end (oneDNN without a layout reorder per
+            // layer). 2-thread full-width model: 600 -> 490 ms.
+            let mut t = permute_to(&x, &layout::identity_perm(rank), &lay)?;
+            if !self.channels_last {
+                t = t.f_contiguous().map_err(terr("contiguous input"))?;
+            }
             vals[inp.value] = Some(Val { t, lay });
         }
         // Remaining uses of each value, to free activations early.
@@ -639,6 +649,7 @@ impl TorchModel {
         // element-wise op on such a value's last use overwrites it.
         let mut own_storage = vec![false; g.values.len()];
         let may_reuse = matches!(mode, Mode::Eval) && !keep_all;
+        let fit = matches!(mode, Mode::Fit(_));
         // A residual add whose only reader is a ReLU runs as one fused pass (no value in
         // between is ever seen, so only in inference without `keep_all`).
         let absorbed_relu = if may_reuse {
@@ -651,10 +662,11 @@ impl TorchModel {
             add_then_relu[a] = true;
         }
         for (i, n) in g.nodes.iter().enumerate() {
-            let reuse_first = may_reuse
-                && n.inputs
-                    .first()
-                    .is_some_and(|&v| uses[v] == 1 && own_storage[v]);
+            let reuse_first = n
+                .inputs
+                .first()
+                .is_some_and(|&v| uses[v] == 1 && own_storage[v])
+                && (may_reuse || (fit && !keep_all && ops::relu_in_place_keeps_gradients(g, n)));
             let name = |e: Error| match e {
                 Error::Graph(m) if !m.contains(&n.name) => {
                     Error::graph(format!("node {} ({}): {m}", n.name, n.class))
