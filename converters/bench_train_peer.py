@@ -1,12 +1,13 @@
 """The peers of `scripts/bench_train.sh` (a measurement, not a test).
 
     bench_train_peer.py gen DIR N H W              N 16-bit PNGs per class (neg/pos) in DIR
-    bench_train_peer.py tfkeras MODEL.h5 DIR H W BATCH EPOCHS RESCALE MEAN
+    bench_train_peer.py tfkeras MODEL.h5 DIR H W BATCH EPOCHS RESCALE MEAN [THREADS]
 
 `tfkeras` loads the same `.h5` with tf-keras 2.21 (TF_USE_LEGACY_KERAS=1), reads the same
 PNGs with OpenCV (IMREAD_UNCHANGED, INTER_CUBIC resize, `* RESCALE - MEAN`, grey repeated to
 the model's channels), compiles with Adam and runs `fit`; prints one JSON line with the
-images/s of the last epoch (warm) and the process's peak memory.
+images/s of the last epoch (warm) and the process's peak memory. THREADS (default: every
+core) sets TensorFlow's intra-op and inter-op thread pools to THREADS each.
 """
 import json
 import os
@@ -35,9 +36,13 @@ def gen(d, n, h, w):
                         np.clip(img, 0, 65535).astype(np.uint16))
 
 
-def tfkeras(model_path, d, h, w, batch, epochs, rescale, mean):
+def tfkeras(model_path, d, h, w, batch, epochs, rescale, mean, threads=None):
     import cv2
+    import tensorflow as tf
     import tf_keras
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     model = tf_keras.models.load_model(model_path, compile=False)
     c = model.input_shape[-1]
     xs, ys = [], []
@@ -71,4 +76,5 @@ if __name__ == "__main__":
         gen(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:
         a = sys.argv[2:]
-        tfkeras(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), float(a[6]), float(a[7]))
+        tfkeras(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), float(a[6]), float(a[7]),
+                int(a[8]) if len(a) > 8 else None)

@@ -1,56 +1,94 @@
 #!/usr/bin/env bash
-# Training throughput (a measurement, never a test): allconv finetune (libtorch, CPU) against
-# tf-keras `fit` on the same model file, the same images and the same batch, each in its own
-# process; images/s of the last (warm) epoch of each, and allconv's whole command wall time.
+# Training throughput (a measurement, never a test): `allconv finetune` (libtorch, CPU)
+# against tf-keras `fit` on the same model file, the same images and the same batch, each
+# in its own process, one after the other for each configuration:
+#   models:  the narrow ResNet50 patch fixture re-headed with [32-32-64]x2 at 576x448, and
+#            the paper's full-width whole-image ResNet50 at 1152x896 (from
+#            converters/make_all.sh --bench, built here when missing);
+#   batch:   2 and 8;  threads: 1 and 2 (libtorch's `--threads`; TensorFlow's intra-op and
+#            inter-op pools).
+# Each run trains 2 epochs; the figures are the warm second epoch's images/s, the process's
+# peak memory, where allconv's step time went (forward, backward, update, waiting for data),
+# and allconv's whole command.
 # Results: docs/bench/bench_train.json, then docs/benchmarks.md's table is rendered from it.
-#   scripts/bench_train.sh [PATCH.h5] [H] [W] [IMAGES_PER_CLASS] [BATCH] [RECIPE]
-# Default: the narrow ResNet50 patch fixture re-headed with [32-32-64]x2 at 576x448. The
-# paper's full-width whole-image model at 1152x896 (RECIPE `none`: MODEL is already whole;
-# it comes from converters/make_all.sh --bench): scripts/bench_train.sh \
-#   build/bench/k208_full_resnet50_whole_resnet_tf.h5 1152 896 8 2 none
+#   scripts/bench_train.sh            the whole grid (about 40 minutes on 2 cores)
+#   scripts/bench_train.sh --narrow   the narrow model only (about 5 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-patch=${1:-fixtures/k208tf_resnet50_patch/model.h5}
-h=${2:-576}; w=${3:-448}; n=${4:-16}; batch=${5:-4}; recipe=${6:-resnet:32x1,32x1:enlarge=2}
 scripts/setup.sh --python
 cargo build --release --quiet
+models="narrow full"
+[ "${1:-}" = "--narrow" ] && models="narrow"
+full=build/bench/k208_full_resnet50_whole_resnet_tf.h5
+if [[ $models == *full* ]] && [ ! -f "$full" ]; then bash converters/make_all.sh --bench; fi
 bin=target/release/allconv; py=.venv-tf/bin/python
 out=bench-out/train; rm -rf "$out"; mkdir -p "$out"
-$py converters/bench_train_peer.py gen "$out/data" "$n" "$h" "$w"
-if [ "$recipe" = none ]; then
-  cp "$patch" "$out/whole.h5"
-else
-  $bin rehead "$patch" -o "$out/whole.h5" --input-size "${h}x${w}" --top "$recipe" --seed 1 >/dev/null
-fi
 rescale=0.0000305; mean=0.5
-start=$(date +%s.%N)
-/usr/bin/time -f '%M' -o "$out/allconv_peak_kb" $bin finetune "$out/whole.h5" --train "$out/data" \
-  --val "$out/data" -o "$out/ft/best.h5" --img-size "$h" "$w" --rescale-factor $rescale \
-  --featurewise-mean $mean --batch-size $((2 * batch)) --train-bs-multiplier 0.5 --nb-epoch 0 \
-  --all-layer-epochs 2 --optimizer adam --init-learningrate 0.0001 --no-augmentation \
-  --log "$out/ft/log.jsonl" >/dev/null 2>&1
-end=$(date +%s.%N)
-$py converters/bench_train_peer.py tfkeras "$out/whole.h5" "$out/data" "$h" "$w" "$batch" 2 \
-  $rescale $mean 2>/dev/null | tail -1 > "$out/tfkeras.json"
-python3 - "$out" "$start" "$end" "$h" "$w" "$batch" "$n" "$bin" "$*" <<'PY'
+for m in $models; do
+  if [ "$m" = narrow ]; then h=576; w=448; n=16
+    $bin rehead fixtures/k208tf_resnet50_patch/model.h5 -o "$out/$m.h5" --input-size "${h}x${w}" \
+      --top resnet:32x1,32x1:enlarge=2 --seed 1 >/dev/null
+  else h=1152; w=896; n=8; cp "$full" "$out/$m.h5"; fi
+  $py converters/bench_train_peer.py gen "$out/$m-data" "$n" "$h" "$w"
+  for batch in 2 8; do for threads in 1 2; do
+    r="$out/$m-b$batch-t$threads"; mkdir -p "$r"
+    echo "bench_train: $m ${h}x${w}, batch $batch, $threads thread(s)" >&2
+    start=$(date +%s.%N)
+    /usr/bin/time -f '%M' -o "$r/allconv_peak_kb" $bin finetune "$out/$m.h5" \
+      --train "$out/$m-data" --val "$out/$m-data" -o "$r/ft/best.h5" --img-size "$h" "$w" \
+      --rescale-factor $rescale --featurewise-mean $mean --batch-size $((2 * batch)) \
+      --train-bs-multiplier 0.5 --nb-epoch 0 --all-layer-epochs 2 --optimizer adam \
+      --init-learningrate 0.0001 --no-augmentation --threads "$threads" \
+      --log "$r/log.jsonl" >/dev/null 2>"$r/allconv.err" || echo "bench_train: allconv failed: $r/allconv.err" >&2
+    python3 -c "import sys; print(float(sys.argv[1]) - float(sys.argv[2]))" "$(date +%s.%N)" "$start" > "$r/allconv_s"
+    $py converters/bench_train_peer.py tfkeras "$out/$m.h5" "$out/$m-data" "$h" "$w" "$batch" 2 \
+      $rescale $mean "$threads" 2>"$r/tfkeras.err" | tail -1 > "$r/tfkeras.json" || true
+  done; done
+done
+python3 - "$out" "$bin" "$models" "$*" <<'PY'
 import json, os, sys
 sys.path.insert(0, "scripts")
 from bench_json import fig, versions, write
-d, start, end, h, w, batch, n, binary, args = sys.argv[1:]
-log = [json.loads(l) for l in open(os.path.join(d, "ft", "log.jsonl"))]
-tk = json.load(open(os.path.join(d, "tfkeras.json")))
-peak = int(open(os.path.join(d, "allconv_peak_kb")).read().split()[-1]) / 1024
-a = log[-1]["images_per_s"]
-rows = [
-  ["images/s, warm epoch", fig(a, 2), fig(tk["images_per_s"], 2), fig(a / tk["images_per_s"], 2)],
-  ["peak memory (MiB)", fig(peak, 0), fig(tk["peak_mb"], 0), fig(peak / tk["peak_mb"], 2)],
-  ["share of the epoch spent waiting for data (allconv)", fig(log[-1]["data_wait_share"], 2), None, None],
-  ["`allconv finetune` whole command, 2 epochs + validation + outputs (s)", fig(float(end) - float(start), 1), None, None],
-]
-title = f"Training {2 * int(n)} images {h}x{w}, batch {batch}, Adam, no augmentation"
-tables = [{"title": title, "columns": ["measure", "allconv (libtorch, CPU)", "tf-keras fit", "allconv / tf-keras"], "rows": rows}]
+d, binary, models, args = sys.argv[1:]
+sizes = {"narrow": ("the narrow ResNet50 fixture re-headed [32-32-64]x2", "576x448", 32),
+         "full": ("the paper's full-width ResNet50 whole-image model", "1152x896", 16)}
+tables, peer = [], None
+for m in models.split():
+    name, size, images = sizes[m]
+    speed, phases = [], []
+    for batch in (2, 8):
+        for threads in (1, 2):
+            r = os.path.join(d, f"{m}-b{batch}-t{threads}")
+            label = f"batch {batch}, {threads} thread{'s' if threads > 1 else ''}"
+            try:
+                log = [json.loads(l) for l in open(os.path.join(r, "log.jsonl"))][-1]
+                tk = json.load(open(os.path.join(r, "tfkeras.json")))
+            except (OSError, ValueError, IndexError) as e:
+                sys.exit(f"bench_train: {r} did not finish ({e}); see its .err files")
+            peer = tk["peer"]
+            a_mb = int(open(os.path.join(r, "allconv_peak_kb")).read().split()[-1]) / 1024
+            a, t = log["images_per_s"], tk["images_per_s"]
+            per_s = 2 if min(a, t) >= 1 else 3
+            speed.append([label, fig(a, per_s), fig(t, per_s), fig(a / t, 2), fig(a_mb, 0),
+                          fig(tk["peak_mb"], 0), fig(a_mb / tk["peak_mb"], 2),
+                          fig(float(open(os.path.join(r, "allconv_s")).read()), 1)])
+            train_s = images / a
+            s = log["step_seconds"]
+            phases.append([label] + [fig(v / train_s, 2) for v in (
+                s["forward"], s["backward"], s["update"], log["data_wait_share"] * train_s)])
+    tables.append({
+        "title": f"Training {name}: {images} images {size}, Adam, no augmentation, warm epoch",
+        "columns": ["configuration", "allconv images/s", "tf-keras images/s",
+                    "allconv / tf-keras", "allconv peak MiB", "tf-keras peak MiB",
+                    "allconv / tf-keras memory", "allconv whole command (s)"],
+        "rows": speed})
+    tables.append({
+        "title": f"Where allconv's training time goes: {name}, {size} (shares of the warm epoch)",
+        "columns": ["configuration", "forward + loss", "backward", "optimizer update",
+                    "waiting for data"],
+        "rows": phases})
 command = "scripts/bench_train.sh" + (" " + args if args else "")
-path = write("bench_train", command, versions(binary, [tk["peer"]]), tables)
+path = write("bench_train", command, versions(binary, [peer]), tables)
 print(f"bench_train: wrote {path}")
 PY
 echo "bench_train: rendering docs/benchmarks.md"

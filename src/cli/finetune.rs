@@ -160,6 +160,9 @@ pub struct FinetuneArgs {
     /// GradScaler defaults); the weights and their updates stay float32.
     #[arg(long)]
     pub amp: bool,
+    /// libtorch's compute threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// One JSON line per epoch.
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -175,7 +178,9 @@ use allconv::ir::Graph;
 use allconv::keras::{read_model, ReadOptions};
 use allconv::passes::rehead::{rehead, ReheadOptions, Top};
 use allconv::train::fit::FitOptions;
-use allconv::train::run::{parse_device, weighting, Folders, Outputs, TrainJob, TrainSummary};
+use allconv::train::run::{
+    parse_device, set_compute_threads, weighting, Folders, Outputs, TrainJob, TrainSummary,
+};
 use allconv::train::schedule::{Schedule, TwoStage};
 use allconv::train::Flavour;
 use allconv::Error;
@@ -319,6 +324,7 @@ fn job(a: &FinetuneArgs) -> allconv::Result<TrainJob> {
         equalize_hist: a.equalize_hist && !a.no_equalize_hist,
     };
     let device = parse_device(&a.device, a.amp)?;
+    set_compute_threads(a.threads)?;
     let out = a
         .output
         .clone()

@@ -4,7 +4,7 @@
 //! option allconv does not implement is refused by name.
 
 use allconv::train::patch::PatchRecipe;
-use allconv::train::run::{parse_device, weighting, Folders, Outputs};
+use allconv::train::run::{parse_device, set_compute_threads, weighting, Folders, Outputs};
 use allconv::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -175,6 +175,9 @@ pub struct TrainPatchArgs {
     /// Mixed precision on CUDA (float16 autocast, dynamic loss scale).
     #[arg(long)]
     pub amp: bool,
+    /// libtorch's compute threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// One JSON line per epoch.
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -250,7 +253,10 @@ fn recipe(a: &TrainPatchArgs) -> allconv::Result<PatchRecipe> {
 }
 
 pub fn main(a: TrainPatchArgs) -> ExitCode {
-    let run = || super::progress::train(&recipe(&a)?.job()?, a.json);
+    let run = || {
+        set_compute_threads(a.threads)?;
+        super::progress::train(&recipe(&a)?.job()?, a.json)
+    };
     match run() {
         Ok(s) => {
             if a.json {

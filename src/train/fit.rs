@@ -14,7 +14,7 @@
 
 use super::checkpoint::{self, RunState};
 use super::schedule::{BestBy, Schedule};
-use super::{train_step, Flavour, GradScaler, Optimizer, Regularizers, TrainModel};
+use super::{train_step, Flavour, GradScaler, Optimizer, Regularizers, StepSeconds, TrainModel};
 use crate::data::dataset::{BatchOptions, Dataset, Weighting};
 use crate::data::roc::auroc;
 use crate::data::Augment;
@@ -70,6 +70,9 @@ pub struct EpochLog {
     pub images_per_s: f64,
     /// Share of the epoch's wall time the training loop waited for data.
     pub data_wait_share: f64,
+    /// The epoch's training steps, phase by phase (the rest of the training time is
+    /// waiting for data and moving batches).
+    pub step_seconds: StepSeconds,
     pub seconds: f64,
     pub best: bool,
 }
@@ -316,6 +319,7 @@ struct EpochTotals {
     right: usize,
     seen: usize,
     data_wait_s: f64,
+    steps: StepSeconds,
 }
 
 /// One pass over `train` with `train_step` per batch.
@@ -341,6 +345,7 @@ fn train_epoch(
         .map_err(|e| Error::Other(e.to_string()))?;
     let classes = opts.class_list.len();
     let (mut loss_sum, mut right, mut seen) = (0f64, 0usize, 0usize);
+    let mut steps = StepSeconds::default();
     let batches = it.n_batches();
     let mut scaler = scaler;
     for (batch, b) in it.by_ref().enumerate() {
@@ -354,6 +359,7 @@ fn train_epoch(
             .f_to(opts.device)
             .map_err(terr("weights"))?;
         let r = train_step(model, regs, opt, &[x], &y, Some(&w), scaler.as_deref_mut())?;
+        steps += r.seconds;
         loss_sum += r.loss * n as f64;
         let pred: Vec<i64> = Vec::<i64>::try_from(
             r.output
@@ -383,6 +389,7 @@ fn train_epoch(
         right,
         seen,
         data_wait_s: it.stats().wait.as_secs_f64(),
+        steps,
     })
 }
 
@@ -554,6 +561,7 @@ pub fn fit(
                 lr,
                 images_per_s: totals.seen as f64 / train_s.max(1e-9),
                 data_wait_share: totals.data_wait_s / train_s.max(1e-9),
+                step_seconds: totals.steps,
                 seconds: t0.elapsed().as_secs_f64(),
                 best,
             };

@@ -30,7 +30,9 @@ pub use model::TrainModel;
 pub use optim::{Optimizer, Rule};
 pub use regularize::{Regularizer, Regularizers};
 pub use schedule::{Assign, BestBy, Layers, Schedule, Stage};
-pub use step::{auto_batch_balance, class_weights_to_sample, keras_loss, train_step, StepReport};
+pub use step::{
+    auto_batch_balance, class_weights_to_sample, keras_loss, train_step, StepReport, StepSeconds,
+};
 
 use crate::error::{Error, Result};
 use crate::ir::Source;

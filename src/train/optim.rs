@@ -361,6 +361,17 @@ impl Optimizer {
                 }
                 None => None,
             };
+            if let Rule::Adam {
+                beta_1,
+                beta_2,
+                epsilon,
+                ..
+            } = self.rule
+            {
+                let lr_t = lr_t * (1.0 - beta_2.powf(t)).sqrt() / (1.0 - beta_1.powf(t));
+                adam_in_place(p, &g, st, beta_1, beta_2, epsilon, lr_t).map_err(terr)?;
+                continue;
+            }
             let new_p = update(&self.rule, keras2, lr_t, t, nadam, p, &g, st).map_err(terr)?;
             let mut target = p.shallow_clone();
             target.f_copy_(&new_p).map_err(terr)?;
@@ -465,6 +476,33 @@ impl Optimizer {
 /// Keras's moving average of a slot: `a * beta + x * (1 - beta)`.
 fn ema(a: &Tensor, x: &Tensor, beta: f64) -> std::result::Result<Tensor, tch::TchError> {
     a.f_mul_scalar(beta)?.f_add(&x.f_mul_scalar(1.0 - beta)?)
+}
+
+/// Adam as [`update`] computes it, operation for operation (so the same floats), with the
+/// moments and the weight overwritten in place: three temporaries per weight instead of
+/// nine (the update was 6-9% of a narrow model's training step at batch 2).
+fn adam_in_place(
+    p: &Tensor,
+    g: &Tensor,
+    st: &mut [Tensor],
+    beta_1: f64,
+    beta_2: f64,
+    epsilon: f64,
+    lr_t: f64,
+) -> std::result::Result<(), tch::TchError> {
+    let (mut m, mut v) = (st[0].shallow_clone(), st[1].shallow_clone());
+    // m = m * beta_1 + g * (1 - beta_1); v = v * beta_2 + g^2 * (1 - beta_2)
+    let _ = m.f_mul_scalar_(beta_1)?;
+    let _ = m.f_add_(&g.f_mul_scalar(1.0 - beta_1)?)?;
+    let _ = v.f_mul_scalar_(beta_2)?;
+    let _ = v.f_add_(&g.f_square()?.f_mul_scalar_(1.0 - beta_2)?)?;
+    // p = p - m * lr_t / (sqrt(v) + epsilon)
+    let mut den = v.f_sqrt()?;
+    let _ = den.f_add_scalar_(epsilon)?;
+    let mut step = m.f_mul_scalar(lr_t)?;
+    let _ = step.f_div_(&den)?;
+    let _ = p.shallow_clone().f_sub_(&step)?;
+    Ok(())
 }
 
 /// The new value of `p`; the slots `st` are replaced by their new values.

@@ -57,6 +57,18 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+/// libtorch's compute threads for a training run: `threads`, or every core the machine has
+/// when `None`. Returns the count set.
+pub fn set_compute_threads(threads: Option<usize>) -> Result<usize> {
+    let n = match threads {
+        Some(0) => return Err(other("--threads 0: give at least one thread")),
+        Some(n) => n,
+        None => default_workers(),
+    };
+    tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
+    Ok(n)
+}
+
 /// The paper's class weighting: auto batch balance, or `{0: 1, 1: pos, 2: neg}` for two or
 /// three classes, or none.
 pub fn weighting(auto_batch_balance: bool, classes: usize, pos: f32, neg: f32) -> Weighting {

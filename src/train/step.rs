@@ -23,6 +23,28 @@ pub struct StepReport {
     /// Mixed precision only: a gradient overflowed, so the update was skipped (and the
     /// loss scale halved).
     pub skipped: bool,
+    /// Where the step's time went (on a GPU, the host's view: kernels run asynchronously
+    /// until the loss is read after the backward pass).
+    pub seconds: StepSeconds,
+}
+
+/// Wall time of a training step's phases, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StepSeconds {
+    /// The training-mode forward pass, the loss and the regularisation penalties.
+    pub forward: f64,
+    /// The gradients of the trainable weights.
+    pub backward: f64,
+    /// The optimizer's update (and BatchNorm nothing: its statistics move in the forward).
+    pub update: f64,
+}
+
+impl std::ops::AddAssign for StepSeconds {
+    fn add_assign(&mut self, o: StepSeconds) {
+        self.forward += o.forward;
+        self.backward += o.backward;
+        self.update += o.update;
+    }
 }
 
 fn terr(m: tch::TchError) -> Error {
@@ -176,6 +198,7 @@ pub fn train_step(
     scaler: Option<&mut GradScaler>,
 ) -> Result<StepReport> {
     let amp = scaler.is_some();
+    let start = std::time::Instant::now();
     // Without a scaler, libtorch's autocast state is left alone.
     let out = if amp {
         tch::autocast(true, || model.forward(x))?
@@ -208,6 +231,7 @@ pub fn train_step(
     let ce = keras_loss(model.flavour, &probs, logits.as_ref(), &y, sample_weight)?;
     let penalty = regs.penalty(&model.torch)?;
     let total = ce.f_add(&penalty).map_err(terr)?;
+    let forward_done = std::time::Instant::now();
     let params = model.params();
     let vars: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
     let differentiated = match &scaler {
@@ -223,19 +247,26 @@ pub fn train_step(
         Some(s) => s.unscale(&mut grads)?,
         None => true,
     };
-    let report = StepReport {
+    let mut report = StepReport {
         loss: total.f_double_value(&[]).map_err(terr)?,
         cross_entropy: ce.f_double_value(&[]).map_err(terr)?,
         penalty: penalty.f_double_value(&[]).map_err(terr)?,
         output: probs.f_detach().map_err(terr)?,
         skipped: !finite,
+        seconds: StepSeconds::default(),
     };
+    let backward_done = std::time::Instant::now();
     if finite {
         opt.step(params, &grads)?;
     }
     if let Some(s) = scaler {
         s.update(finite);
     }
+    report.seconds = StepSeconds {
+        forward: (forward_done - start).as_secs_f64(),
+        backward: (backward_done - forward_done).as_secs_f64(),
+        update: backward_done.elapsed().as_secs_f64(),
+    };
     Ok(report)
 }
 
