@@ -1,7 +1,25 @@
 //! The process's heap policy: keep freed memory for the next run instead of handing it back.
+//!
+//! The full build (feature `jemalloc`) links jemalloc as the whole process's malloc, so it
+//! serves libtorch's tensors as well as our own allocations, configured with
+//! [`JEMALLOC_CONF`]. Builds without it (the edge build) tune the C library's malloc with
+//! [`keep_freed_memory`].
 
-/// Whether [`keep_freed_memory`] took effect (false off glibc, or if glibc refused).
+/// jemalloc's options: freed pages are never purged (`dirty_decay_ms:-1`,
+/// `muzzy_decay_ms:-1`), so the next step or run reuses them without faulting them in
+/// from the kernel, while jemalloc's size classes keep the heap from fragmenting. Training the
+/// full-width model at 1152x896, batch 2 (one AVX-512 EPYC, 2 threads), against glibc with
+/// [`keep_freed_memory`]: 4.4 GiB peak instead of 6.0, and 0.30 images/s instead of 0.28
+/// (glibc handing big blocks back instead: 4.6 GiB, 0.22 images/s, 30 s of page faults a
+/// 16-image epoch). NUL-terminated: jemalloc reads it as a C string.
+pub const JEMALLOC_CONF: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+
+/// Whether [`keep_freed_memory`] took effect (false off glibc, or if glibc refused; true
+/// where jemalloc is the process's malloc, configured by [`JEMALLOC_CONF`] instead).
 pub fn keep_freed_memory() -> bool {
+    if cfg!(feature = "jemalloc") {
+        return true;
+    }
     // glibc serves every block above its mmap threshold with a mapping of its own and unmaps
     // it on free, so each tract run faulted its activations back in from the kernel: a fifth
     // of a run on the full-width model (1033 -> 834 ms at 2 threads, system time over 7 runs

@@ -23,6 +23,18 @@ macro_rules! outln {
 
 mod cli;
 
+// jemalloc is the process's malloc in the full build (the feature `jemalloc`): linked here, it
+// serves libtorch's and the C libraries' allocations too. Its configuration: see allconv::heap.
+#[cfg(feature = "jemalloc")]
+use tikv_jemalloc_sys as _;
+
+/// jemalloc's start-up options (`malloc_conf`, read before the first allocation): freed pages
+/// are kept for reuse, never purged, as allconv::heap explains.
+#[cfg(feature = "jemalloc")]
+#[allow(non_upper_case_globals)]
+#[export_name = "malloc_conf"]
+pub static malloc_conf: &[u8] = allconv::heap::JEMALLOC_CONF;
+
 /// `allconv --version`: the version, then the tract, HDF5 and libtorch versions this build
 /// has in it and its features (written by build.rs).
 const LONG_VERSION: &str = include_str!(concat!(env!("OUT_DIR"), "/long_version.txt"));
