@@ -8,8 +8,9 @@
 #   batch:   2 and 8;  threads: 1 and 2 (libtorch's `--threads`; TensorFlow's intra-op and
 #            inter-op pools).
 # Each run trains 2 epochs; the figures are the warm second epoch's images/s, the process's
-# peak memory, where allconv's step time went (forward, backward, update, waiting for data),
-# and allconv's whole command.
+# peak memory (and one more image's: batch 8's peak less batch 2's, over six), where
+# allconv's step time went (forward, backward, update, waiting for data), and allconv's
+# whole command.
 # Results: docs/bench/bench_train.json, then docs/benchmarks.md's table is rendered from it.
 #   scripts/bench_train.sh            the whole grid (about 40 minutes on 2 cores)
 #   scripts/bench_train.sh --narrow   the narrow model only (about 5 minutes)
@@ -55,7 +56,7 @@ sizes = {"narrow": ("the narrow ResNet50 fixture re-headed [32-32-64]x2", "576x4
 tables, peer = [], None
 for m in models.split():
     name, size, images = sizes[m]
-    speed, phases = [], []
+    speed, phases, peaks = [], [], {}
     for batch in (2, 8):
         for threads in (1, 2):
             r = os.path.join(d, f"{m}-b{batch}-t{threads}")
@@ -68,6 +69,7 @@ for m in models.split():
             peer = tk["peer"]
             a_mb = int(open(os.path.join(r, "allconv_peak_kb")).read().split()[-1]) / 1024
             a, t = log["images_per_s"], tk["images_per_s"]
+            peaks[(batch, threads)] = (a_mb, tk["peak_mb"])
             per_s = 2 if min(a, t) >= 1 else 3
             speed.append([label, fig(a, per_s), fig(t, per_s), fig(a / t, 2), fig(a_mb, 0),
                           fig(tk["peak_mb"], 0), fig(a_mb / tk["peak_mb"], 2),
@@ -82,6 +84,12 @@ for m in models.split():
                     "allconv / tf-keras", "allconv peak MiB", "tf-keras peak MiB",
                     "allconv / tf-keras memory", "allconv whole command (s)"],
         "rows": speed})
+    # One more image's memory: the growth from batch 2 to batch 8, over six images.
+    for threads in (1, 2):
+        (a2, t2), (a8, t8) = peaks[(2, threads)], peaks[(8, threads)]
+        speed.append([f"peak MiB per image (batch 8 less batch 2, over 6), {threads} thread"
+                      f"{'s' if threads > 1 else ''}", None, None, None, fig((a8 - a2) / 6, 0),
+                      fig((t8 - t2) / 6, 0), fig((a8 - a2) / (t8 - t2), 2), None])
     tables.append({
         "title": f"Where allconv's training time goes: {name}, {size} (shares of the warm epoch)",
         "columns": ["configuration", "forward + loss", "backward", "optimizer update",

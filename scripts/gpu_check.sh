@@ -11,7 +11,8 @@
 #     2. the benchmark model rebuilt from its skeleton with seeded random weights;
 #     3. 2 x PER_CLASS synthetic 16-bit mammograms at HxW (allconv synth);
 #     4. allconv finetune --device cuda on them, float32 and --amp (2 epochs, all layers,
-#        Adam, train batch BATCH): images/s of the warm epoch and the data-wait share;
+#        Adam, train batch BATCH): images/s of the warm epoch, of its training steps alone
+#        (what the peer times), and the data-wait share;
 #     5. the PyTorch eager loop on the same model, batch and card, float32 and AMP
 #        (converters/torch_train_peer.py);
 #     6. CUDA training's numbers: the narrow VGG16 fixture fine-tuned on the same 32 small
@@ -134,19 +135,27 @@ def last_json(path):
 card = open(os.path.join(out, "card.txt")).read().strip() or "(nvidia-smi gave nothing)"
 rows = [f"Card: {card}. Full-width ResNet50 + [512-512-1024]x2 at {size}, train batch {batch}, "
         f"Adam, no augmentation, {2 * int(per_class)} synthetic 16-bit images.", "",
-        "| run | images/s | data-wait share | peak GPU MiB | whole command (s) |", "|---|---|---|---|---|"]
+        "Steps alone: images over the epoch's forward + backward + update time (`step_seconds`"
+        " in the log; the loss is read after each backward pass, so that time includes the"
+        " GPU's), without decoding and copying batches: what the peer times, its inputs"
+        " already on the GPU.", "",
+        "| run | images/s | steps alone, images/s | data-wait share | peak GPU MiB | whole command (s) |",
+        "|---|---|---|---|---|---|"]
 for mode in ("fp32", "amp"):
     a = last_json(os.path.join(out, f"finetune_{mode}.jsonl"))
     wall = last_json(os.path.join(out, f"finetune_{mode}_wall.json"))
     if a:
-        rows.append(f"| allconv finetune ({mode}) | {a['images_per_s']:.2f} | {a.get('data_wait_share', float('nan')):.2f} | | {wall['end'] - wall['start']:.1f} |")
+        s = a.get("step_seconds") or {}
+        busy = sum(s.get(k, 0.0) for k in ("forward", "backward", "update"))
+        alone = f"{2 * int(per_class) / busy:.2f}" if busy > 0 else "n/a"
+        rows.append(f"| allconv finetune ({mode}) | {a['images_per_s']:.2f} | {alone} | {a.get('data_wait_share', float('nan')):.2f} | | {wall['end'] - wall['start']:.1f} |")
     else:
-        rows.append(f"| allconv finetune ({mode}) | failed: see finetune_{mode}.log | | | |")
+        rows.append(f"| allconv finetune ({mode}) | failed: see finetune_{mode}.log | | | | |")
     p = last_json(os.path.join(out, f"peer_{mode}.json"))
     if p:
-        rows.append(f"| {p['peer']} ({mode}) | {p['images_per_s']:.2f} | (inputs on the GPU) | {p['peak_gpu_mb']:.0f} | |")
+        rows.append(f"| {p['peer']} ({mode}) | | {p['images_per_s']:.2f} | (inputs on the GPU) | {p['peak_gpu_mb']:.0f} | |")
     else:
-        rows.append(f"| PyTorch eager ({mode}) | failed: see peer_{mode}.log | | | |")
+        rows.append(f"| PyTorch eager ({mode}) | failed: see peer_{mode}.log | | | | |")
 rows += ["", "| step | result |", "|---|---|"] + open(os.path.join(out, "steps.md")).read().splitlines()
 open(os.path.join(out, "summary.md"), "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
