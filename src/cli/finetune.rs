@@ -324,7 +324,6 @@ fn job(a: &FinetuneArgs) -> allconv::Result<TrainJob> {
         equalize_hist: a.equalize_hist && !a.no_equalize_hist,
     };
     let device = parse_device(&a.device, a.amp)?;
-    set_compute_threads(a.threads)?;
     let out = a
         .output
         .clone()
@@ -394,6 +393,7 @@ fn job(a: &FinetuneArgs) -> allconv::Result<TrainJob> {
 }
 
 fn run(a: &FinetuneArgs) -> allconv::Result<TrainSummary> {
+    set_compute_threads(a.threads)?;
     super::progress::train(&job(a)?, a.json)
 }
 

@@ -226,6 +226,23 @@ pub enum Op {
     },
 }
 
+#[cfg(test)]
+impl Op {
+    /// A square 2-D convolution for tests: `same` padding, channels-last, no bias, linear.
+    pub(crate) fn test_conv(filters: usize, kernel: usize, stride: usize) -> Op {
+        Op::Conv(ConvConfig {
+            filters,
+            kernel: vec![kernel; 2],
+            strides: vec![stride; 2],
+            dilation: vec![1; 2],
+            padding: Padding::Same,
+            data_format: DataFormat::ChannelsLast,
+            use_bias: false,
+            activation: Activation::Linear,
+        })
+    }
+}
+
 impl Op {
     /// The weight slots this op reads, in Keras's storage order.
     pub fn weight_slots(&self) -> Vec<&'static str> {

@@ -307,16 +307,7 @@ mod tests {
     use super::*;
 
     fn conv(filters: usize, stride: usize, kernel: usize) -> Op {
-        Op::Conv(ConvConfig {
-            filters,
-            kernel: vec![kernel, kernel],
-            strides: vec![stride, stride],
-            dilation: vec![1, 1],
-            padding: Padding::Same,
-            data_format: DataFormat::ChannelsLast,
-            use_bias: false,
-            activation: Activation::Linear,
-        })
+        Op::test_conv(filters, kernel, stride)
     }
 
     /// An empty channels-last graph with one input of this shape (without batch).

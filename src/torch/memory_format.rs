@@ -28,12 +28,13 @@ pub fn channels_last_pays(g: &Graph, param_shape: impl Fn(&str) -> Option<Vec<us
         .inputs
         .iter()
         .any(|i| i.shape.iter().any(|d| d.known().is_none()));
-    let nominal = g
-        .inputs
-        .first()
+    let nominal = undeclared
+        .then(|| g.inputs.first())
+        .flatten()
         .map(|i| vec![NOMINAL_SPATIAL; i.shape.len().saturating_sub(1)]);
-    let spatial = if undeclared { nominal.as_deref() } else { None };
-    if g.infer_shapes_with(spatial, param_shape).is_err() {
+    if g.infer_shapes_with(nominal.as_deref(), param_shape)
+        .is_err()
+    {
         return true;
     }
     let mut convs: Vec<(usize, u128)> = g
@@ -69,20 +70,7 @@ pub fn channels_last_pays(g: &Graph, param_shape: impl Fn(&str) -> Option<Vec<us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Activation, ConvConfig, DataFormat, Padding};
-
-    fn conv(filters: usize, stride: usize) -> Op {
-        Op::Conv(ConvConfig {
-            filters,
-            kernel: vec![3, 3],
-            strides: vec![stride, stride],
-            dilation: vec![1, 1],
-            padding: Padding::Same,
-            data_format: DataFormat::ChannelsLast,
-            use_bias: false,
-            activation: Activation::Linear,
-        })
-    }
+    use crate::ir::DataFormat;
 
     /// A chain of 3x3 convolutions (filters, stride) on a `size`-square RGB input
     /// (`None`: undeclared spatial size).
@@ -99,7 +87,7 @@ mod tests {
                 format!("c{i}"),
                 format!("c{i}"),
                 "Conv2D".into(),
-                conv(f, s),
+                Op::test_conv(f, 3, s),
                 vec![v],
             );
         }
