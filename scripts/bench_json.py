@@ -77,8 +77,9 @@ def versions(binary, peers=()):
     return {k: x for k, x in v.items() if x}
 
 
-def write(script, command, versions, tables):
-    """Write docs/bench/<script>.json (whole or not at all) and return its path."""
+def write(script, command, versions, tables, name=None):
+    """Write docs/bench/<name>.json (default: the script's name; whole or not at all) and
+    return its path."""
     doc = {
         "script": f"scripts/{script}.sh",
         "command": command,
@@ -89,7 +90,7 @@ def write(script, command, versions, tables):
     }
     d = os.path.join(ROOT, "docs", "bench")
     os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, f"{script}.json")
+    path = os.path.join(d, f"{name or script}.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)

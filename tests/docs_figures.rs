@@ -1,9 +1,9 @@
 //! Every figure in docs/benchmarks.md's tables comes from a committed script output.
 //!
-//! Each benchmark script (scripts/bench.sh, scripts/bench_train.sh, scripts/bench_edge.sh)
-//! writes its results to `docs/bench/<script>.json` (scripts/bench_json.py): date, CPU,
-//! versions, the command that reproduces it, and its tables, each figure a number with the
-//! decimals it is printed with. docs/benchmarks.md holds one region per script between
+//! Each benchmark script (scripts/bench.sh, scripts/bench_train.sh, scripts/bench_edge.sh,
+//! scripts/bench_archive.sh) writes its results to `docs/bench/<name>.json`
+//! (scripts/bench_json.py): date, CPU, versions, the command that reproduces it, and its
+//! tables, each figure a number with the decimals it is printed with. docs/benchmarks.md holds one region per script between
 //! `<!-- bench-tables: NAME -->` and `<!-- end bench-tables: NAME -->`, and this file is
 //! the generator of those regions: `ALLCONV_WRITE_BENCH_TABLES=1 cargo test --test
 //! docs_figures` rewrites them from the JSON files (the scripts do this when they finish).
@@ -26,7 +26,25 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The benchmark scripts whose results docs/benchmarks.md shows.
-const SCRIPTS: [&str; 4] = ["bench", "bench_train", "bench_edge", "bench_archive"];
+const SCRIPTS: [&str; 5] = [
+    "bench",
+    "bench_train",
+    "bench_train_patch",
+    "bench_edge",
+    "bench_archive",
+];
+
+/// The command that writes `docs/bench/<name>.json`.
+fn producer(name: &str) -> &'static str {
+    match name {
+        "bench" => "scripts/bench.sh",
+        "bench_train" => "scripts/bench_train.sh",
+        "bench_train_patch" => "scripts/bench_train.sh --patch",
+        "bench_edge" => "scripts/bench_edge.sh",
+        "bench_archive" => "scripts/bench_archive.sh",
+        other => panic!("no benchmark script writes docs/bench/{other}.json"),
+    }
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -76,8 +94,9 @@ fn str_field<'a>(v: &'a Value, key: &str, script: &str) -> Result<&'a str, Strin
 fn render(script: &str, json: Option<&Value>) -> Result<String, String> {
     let Some(j) = json else {
         return Ok(format!(
-            "No results are committed for this script: `scripts/{script}.sh` writes \
-             `docs/bench/{script}.json` and renders its tables here.\n"
+            "No results are committed for this script: `{}` writes \
+             `docs/bench/{script}.json` and renders its tables here.\n",
+            producer(script)
         ));
     };
     let cpu = j
@@ -378,7 +397,7 @@ const README_LINK: (&str, &str) = ("](docs/bench/", "](bench/");
 
 /// The scripts whose tables README.md shows too (training against tf-keras, archive
 /// scoring's cost model).
-const README_SCRIPTS: [&str; 2] = ["bench_train", "bench_archive"];
+const README_SCRIPTS: [&str; 3] = ["bench_train", "bench_train_patch", "bench_archive"];
 
 #[test]
 fn readme_benchmark_tables_are_the_committed_json() {
