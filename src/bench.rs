@@ -44,6 +44,10 @@ pub struct RunBench {
     /// is held against it), beside the measured `peak_mb`; tract only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activation_estimate_mb: Option<f64>,
+    /// tract only: what chose its matrix kernels on this CPU (the user's `TRACT_CPU_ISA`,
+    /// allconv's edit for this CPU, or tract's own choice: [`crate::runtime::kernels`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tract_kernels: Option<String>,
     /// With `--profile`: time per tract op type, most expensive first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<OpTime>>,
@@ -164,6 +168,7 @@ pub fn bench_run(
     )?;
     report.format = format;
     report.activation_estimate_mb = Some(model.activation_bytes() as f64 / (1u64 << 20) as f64);
+    report.tract_kernels = Some(crate::runtime::kernels::describe());
     if let Some(keep) = profile_nodes {
         let runs = (0..runs.max(1))
             .map(|_| model.profile(&input))
@@ -210,6 +215,7 @@ fn timed<M>(
         runs: runs.max(1),
         peak_mb: peak_rss_mb(),
         activation_estimate_mb: None,
+        tract_kernels: None,
         profile: None,
         slowest_nodes: vec![],
     };

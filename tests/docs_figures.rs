@@ -1,7 +1,7 @@
 //! Every figure in docs/benchmarks.md's tables comes from a committed script output.
 //!
-//! Each benchmark script (scripts/bench.sh, scripts/bench_train.sh, scripts/bench_edge.sh,
-//! scripts/bench_archive.sh) writes its results to `docs/bench/<name>.json`
+//! Each benchmark script (scripts/bench.sh, scripts/bench_train.sh, scripts/bench_tract.sh,
+//! scripts/bench_edge.sh, scripts/bench_archive.sh) writes its results to `docs/bench/<name>.json`
 //! (scripts/bench_json.py): date, CPU, versions, the command that reproduces it, and its
 //! tables, each figure a number with the decimals it is printed with. docs/benchmarks.md holds one region per script between
 //! `<!-- bench-tables: NAME -->` and `<!-- end bench-tables: NAME -->`, and this file is
@@ -26,10 +26,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The benchmark scripts whose results docs/benchmarks.md shows.
-const SCRIPTS: [&str; 5] = [
+const SCRIPTS: [&str; 6] = [
     "bench",
     "bench_train",
     "bench_train_patch",
+    "bench_tract",
     "bench_edge",
     "bench_archive",
 ];
@@ -40,6 +41,7 @@ fn producer(name: &str) -> &'static str {
         "bench" => "scripts/bench.sh",
         "bench_train" => "scripts/bench_train.sh",
         "bench_train_patch" => "scripts/bench_train.sh --patch",
+        "bench_tract" => "scripts/bench_tract.sh",
         "bench_edge" => "scripts/bench_edge.sh",
         "bench_archive" => "scripts/bench_archive.sh",
         other => panic!("no benchmark script writes docs/bench/{other}.json"),

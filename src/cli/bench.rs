@@ -99,7 +99,8 @@ pub fn main(cmd: BenchCmd) -> ExitCode {
             let r = r.map(|r| {
                 let estimate = r.activation_estimate_mb.map(|mb| format!(" (activations estimated {mb:.0} MiB)")).unwrap_or_default();
                 let text = format!("{} {} {:?}, {} threads: {:.1} ms (median of {}), load {:.2} s, first result {:.2} s, peak {:.0} MiB{estimate}\n", r.runtime, r.model, r.input_shape, r.threads, r.latency_ms, r.runs, r.load_s, r.first_result_s, r.peak_mb);
-                let mut text = text + &profile_table(r.profile.as_deref().unwrap_or_default());
+                let kernels = r.tract_kernels.as_ref().map(|k| format!("tract kernels: {k}\n")).unwrap_or_default();
+                let mut text = text + &kernels + &profile_table(r.profile.as_deref().unwrap_or_default());
                 for n in &r.slowest_nodes {
                     text += &format!("{:>8.1} ms  {} {}: {}\n", n.ms, n.op, n.node, n.info);
                 }

@@ -116,7 +116,7 @@ impl ModelFile {
             )));
         }
         let m = match &self.parsed {
-            Parsed::Onnx(proto) => tract_onnx::onnx()
+            Parsed::Onnx(proto) => super::tract::onnx_framework()
                 .model_for_proto_model(proto)
                 .map_err(terr("reading the ONNX model"))
                 .and_then(|m| TractModel::from_inference(m, input_shapes, threads)),

@@ -3,6 +3,7 @@
 //! files also run on ONNX Runtime ([`ort`], [`Engine`]).
 
 mod file;
+pub mod kernels;
 pub mod nnef;
 #[cfg(feature = "ort")]
 pub mod ort;

@@ -19,6 +19,7 @@ pub const METADATA_ENTRY: &str = "allconv.json";
 const MAX_METADATA_BYTES: u64 = 256 << 20;
 
 fn framework() -> tract_nnef::framework::Nnef {
+    super::kernels::tune_for_this_cpu();
     tract_nnef::nnef().with_onnx()
 }
 
@@ -37,6 +38,7 @@ pub fn looks_like_nnef(path: &Path, bytes: &[u8]) -> bool {
 /// written, and a second declutter of the read-back graph was seen to fail in tract 0.23
 /// on ResNet50 (pulling a Downsample over a Reshape: "Invalid axis"), so it is skipped.
 pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
+    super::kernels::tune_for_this_cpu();
     fold_casts_of_consts(&mut model)?;
     model.optimize()?;
     Ok(model)

@@ -3,6 +3,14 @@
 use crate::error::{Error, Result};
 use tract_onnx::prelude::*;
 
+/// tract's ONNX framework, with tract's kernels tuned for this CPU first
+/// ([`super::kernels`]): every tract model allconv builds starts here or at
+/// [`super::nnef`]'s framework.
+pub(crate) fn onnx_framework() -> tract_onnx::Onnx {
+    super::kernels::tune_for_this_cpu();
+    tract_onnx::onnx()
+}
+
 pub(crate) fn terr(what: &str) -> impl Fn(TractError) -> Error + '_ {
     move |e| Error::Other(format!("tract: {what}: {e:#}"))
 }
@@ -46,7 +54,7 @@ impl TractModel {
         input_shapes: &[Vec<usize>],
         threads: usize,
     ) -> Result<TractModel> {
-        let model = tract_onnx::onnx()
+        let model = onnx_framework()
             .model_for_read(&mut std::io::Cursor::new(onnx))
             .map_err(terr("reading the ONNX model"))?;
         Self::from_inference(model, input_shapes, threads)
@@ -58,7 +66,7 @@ impl TractModel {
         onnx: &[u8],
         input_shapes: &[Vec<usize>],
     ) -> Result<InferenceModel> {
-        let model = tract_onnx::onnx()
+        let model = onnx_framework()
             .model_for_read(&mut std::io::Cursor::new(onnx))
             .map_err(terr("reading the ONNX model"))?;
         with_shapes(model, input_shapes)
