@@ -11,7 +11,9 @@
 #   - tract's profile (`bench run --profile`) at 1 and 2 threads: time per op, how each
 #     op scales from 1 thread to 2, and the largest matrix products with the kernel tract
 #     picked and the rate it reached.
-# Results: docs/bench/bench_tract.json, then docs/benchmarks.md's tables are rendered from it.
+# Results: docs/bench/bench_tract_amd.json or docs/bench/bench_tract_intel.json by the CPU's
+# vendor (so the two sit side by side in docs/benchmarks.md), then the page's tables are
+# rendered from them. On other CPUs the tables are printed, not kept.
 #   scripts/bench_tract.sh [ROUNDS] [RUNS]     (defaults 3 and 5; about 8 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -124,7 +126,12 @@ import glob
 ort_v = [os.path.basename(p)[len("onnxruntime-"):-len(".dist-info")]
          for p in glob.glob(".venv-ort/lib/python*/site-packages/onnxruntime-*.dist-info")]
 peer = f"onnxruntime {ort_v[0] if ort_v else '(version unknown)'} (allconv's ort engine)"
-path = write("bench_tract", command, versions(binary, [peer]), tables)
+vendor = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("vendor_id")), "")
+name = {"AuthenticAMD": "bench_tract_amd", "GenuineIntel": "bench_tract_intel"}.get(vendor)
+if name is None:
+    print(json.dumps(tables, indent=1))
+    sys.exit(f"bench_tract: results are kept for AMD and Intel x86 CPUs; this one is {vendor or 'not x86'}")
+path = write("bench_tract", command, versions(binary, [peer]), tables, name=name)
 print(f"bench_tract: wrote {path}")
 PY
 echo "bench_tract: rendering docs/benchmarks.md"

@@ -26,24 +26,26 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The benchmark scripts whose results docs/benchmarks.md shows.
-const SCRIPTS: [&str; 6] = [
+const SCRIPTS: [&str; 7] = [
     "bench",
     "bench_train",
     "bench_train_patch",
-    "bench_tract",
+    "bench_tract_amd",
+    "bench_tract_intel",
     "bench_edge",
     "bench_archive",
 ];
 
-/// The command that writes `docs/bench/<name>.json`.
+/// What writes `docs/bench/<name>.json`, as the page says it.
 fn producer(name: &str) -> &'static str {
     match name {
-        "bench" => "scripts/bench.sh",
-        "bench_train" => "scripts/bench_train.sh",
-        "bench_train_patch" => "scripts/bench_train.sh --patch",
-        "bench_tract" => "scripts/bench_tract.sh",
-        "bench_edge" => "scripts/bench_edge.sh",
-        "bench_archive" => "scripts/bench_archive.sh",
+        "bench" => "`scripts/bench.sh`",
+        "bench_train" => "`scripts/bench_train.sh`",
+        "bench_train_patch" => "`scripts/bench_train.sh --patch`",
+        "bench_tract_amd" => "`scripts/bench_tract.sh` on an AMD CPU",
+        "bench_tract_intel" => "`scripts/bench_tract.sh` on an Intel CPU",
+        "bench_edge" => "`scripts/bench_edge.sh`",
+        "bench_archive" => "`scripts/bench_archive.sh`",
         other => panic!("no benchmark script writes docs/bench/{other}.json"),
     }
 }
@@ -96,7 +98,7 @@ fn str_field<'a>(v: &'a Value, key: &str, script: &str) -> Result<&'a str, Strin
 fn render(script: &str, json: Option<&Value>) -> Result<String, String> {
     let Some(j) = json else {
         return Ok(format!(
-            "No results are committed for this script: `{}` writes \
+            "No results are committed for this script: {} writes \
              `docs/bench/{script}.json` and renders its tables here.\n",
             producer(script)
         ));
