@@ -1,6 +1,8 @@
 //! `allconv bench run --profile` (the README's "Where tract loses"): every node is timed,
 //! the per-op table covers the whole plan, and matrix products carry the kernel tract
-//! picked. The numbers are measurements; this checks the report's structure, not speed.
+//! picked, and allconv's choice of tract's kernels for this CPU (src/runtime/kernels.rs)
+//! is named and reaches the plan. The numbers are measurements; this checks the report's
+//! structure and the kernels chosen, not speed.
 
 mod common;
 
@@ -27,32 +29,21 @@ fn profile_lists_every_op_and_the_kernels() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let out = Command::new(bin)
-        .args([
-            "bench",
-            "run",
-            onnx.to_str().unwrap(),
-            "--shape",
-            "1x225x177x3",
-        ])
-        .args([
-            "--runs",
-            "2",
-            "--threads",
-            "1",
-            "--profile",
-            "--profile-nodes",
-            "4",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let profile = |nodes: &str| -> serde_json::Value {
+        let out = Command::new(bin)
+            .args(["bench", "run", onnx.to_str().unwrap()])
+            .args(["--shape", "1x225x177x3", "--runs", "2", "--threads", "1"])
+            .args(["--profile", "--profile-nodes", nodes, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let r = profile("4");
     let ops = r["profile"].as_array().expect("a per-op profile");
     let names: Vec<&str> = ops.iter().map(|o| o["op"].as_str().unwrap()).collect();
     assert!(names.contains(&"OptMatMul"), "{names:?}");
@@ -70,6 +61,26 @@ fn profile_lists_every_op_and_the_kernels() {
         assert!(n["info"].as_str().unwrap().contains("Mult: m:"), "{n}");
     }
     assert!(r["activation_estimate_mb"].as_f64().unwrap() > 0.0);
+    // What chose the kernels is named, and allconv's edit for this CPU (AMD Zen 4: no
+    // AVX-512 kernels) reached the plan tract built.
+    let chosen = r["tract_kernels"].as_str().unwrap_or_default();
+    assert_eq!(chosen, allconv::runtime::kernels::describe(), "{r}");
+    if std::env::var_os("TRACT_CPU_ISA").is_none()
+        && allconv::runtime::kernels::this_cpu_edit().is_some()
+    {
+        let every = profile("100000");
+        let kernels: Vec<&str> = every["slowest_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["op"] == "OptMatMul")
+            .filter_map(|n| n["info"].as_str())
+            .collect();
+        assert!(kernels.len() >= 53, "{} matrix products", kernels.len());
+        for info in kernels {
+            assert!(!info.contains("avx512_mmm"), "{info}");
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
