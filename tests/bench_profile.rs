@@ -6,7 +6,17 @@
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// The command's output, after asserting it succeeded (its stderr on failure).
+fn succeeded(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 #[test]
 fn profile_lists_every_op_and_the_kernels() {
@@ -15,19 +25,12 @@ fn profile_lists_every_op_and_the_kernels() {
     let onnx = dir.join("m.onnx");
     let model = common::fixtures_dir().join("k208_resnet50_whole_resnet/model.h5");
     let bin = env!("CARGO_BIN_EXE_allconv");
-    let ok = Command::new(bin)
-        .args([
-            "convert",
-            model.to_str().unwrap(),
-            "-o",
-            onnx.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+    succeeded(
+        Command::new(bin)
+            .args(["convert", model.to_str().unwrap()])
+            .args(["-o", onnx.to_str().unwrap()])
+            .output()
+            .unwrap(),
     );
     let profile = |nodes: &str| -> serde_json::Value {
         let out = Command::new(bin)
@@ -36,12 +39,7 @@ fn profile_lists_every_op_and_the_kernels() {
             .args(["--profile", "--profile-nodes", nodes, "--json"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_slice(&succeeded(out).stdout).unwrap()
     };
     let r = profile("4");
     let ops = r["profile"].as_array().expect("a per-op profile");
@@ -99,12 +97,7 @@ fn a_keras_file_is_timed_on_libtorch() {
             .output()
             .unwrap()
     };
-    let out = run(&["--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(run(&["--json"]));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["runtime"], "libtorch", "{r}");
     assert!(r["format"].is_null(), "{r}");

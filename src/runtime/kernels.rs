@@ -1,10 +1,10 @@
 //! Which of tract's matrix-product kernels run on this CPU.
 //!
 //! tract 0.23 picks its x86 kernels with a cost model per vendor. Its AMD AVX-512 model was
-//! fitted on a Zen 5 desktop part (Ryzen 9 9950X3D), whose FMA units are 512 bits wide. Zen 4 (family 19h, the only
-//! family-19h parts with AVX-512) runs each 512-bit FMA as two 256-bit halves, and there
-//! tract's 256-bit FMA kernels run the paper's full-width model about 10% faster than the
-//! AVX-512 ones the model picks (`scripts/bench_tract.sh`, docs/engines.md). So on Zen 4
+//! fitted on a Zen 5 desktop part (Ryzen 9 9950X3D), whose FMA units are 512 bits wide.
+//! Zen 4 (family 19h, the only family-19h parts with AVX-512) runs each 512-bit FMA as two
+//! 256-bit halves, and there tract's 256-bit FMA kernels run the paper's full-width model
+//! about 10% faster than the AVX-512 ones the model picks (`scripts/bench_tract.sh`, docs/engines.md). So on Zen 4
 //! allconv hands tract `TRACT_CPU_ISA=-avx512f` as a process-wide default. tract's knobs put
 //! the environment above that default: a user's own `TRACT_CPU_ISA` (`+avx512f` to keep
 //! the AVX-512 kernels) wins. Everywhere else tract's own choice stands.
