@@ -15,7 +15,9 @@ Conv2D-BN-relu base, GAP, Dropout(0.5), Dense(3, softmax, l2)): the last layer, 
 layers, each stage a fresh optimizer (run_patch3). The `*_resumed*` cases run the same
 schedules (one step per stage) on the model `keras.models.load_model` reads back from a
 checkpoint `model.save`d in stage 1, as the paper's `--resume-from` starts; their model.h5 is
-that checkpoint, with the `trainable` flags this Keras wrote.
+that checkpoint, with the `trainable` flags this Keras wrote. The `*_wide` cases train the flat
+model at 32 filters with a 1x1 convolution at stride 1 added (`conv_pw`): allconv trains that
+network channels-last and routes its 1x1 convolution to oneDNN.
 
 Each case writes fixtures/train_step/<case>/: `steps.npz`, `meta.json`, `model.h5` (the
 untrained model as that Keras saved it, before compile) and `COMMAND`. Every case starts from
@@ -63,6 +65,7 @@ H, W, C = 12, 10, 3
 LABELS = np.array([0, 1, 0, 0])
 CLASS_WEIGHT = {0: 1.0, 1: 3.0}          # {0: 1.0, 1: pos_cls_weight}
 L2_CONV, L2_DENSE = 0.005, 0.01           # flat model
+WIDE_FILTERS = 32                         # the `wide` flat model's convolutions
 L2_BUILD, WD1, WD2 = 0.005, 0.02, 0.001   # nested: built with, stage-1 and stage-2 weight_decay
 TOP_LAYER_NB = 2
 EVIDENCE_BN = ('bn_frozen', 'patch/bn_a')   # full probe1 tensors for these layers only
@@ -93,10 +96,12 @@ def cases():
     for o in TFK_OPTS:
         c["tfk_%s_balance" % o] = ("tfk", o, "balance", "flat")
     c["tfk_sgd_classweight"] = ("tfk", "sgd", "classweight", "flat")
+    c["tfk_adam_wide"] = ("tfk", "adam", "balance", "wide")
     c["tfk_nested_2stage"] = ("tfk", "sgd", "balance", "nested")
     for o in ("sgd", "adam"):
         c["k208_%s_balance" % o] = ("k208", o, "balance", "flat")
     c["k208_sgd_classweight"] = ("k208", "sgd", "classweight", "flat")
+    c["k208_sgd_wide"] = ("k208", "sgd", "balance", "wide")
     c["k208_nested_2stage"] = ("k208", "sgd", "balance", "nested")
     for o in PATCH3:
         c["k208_patch_3stage_%s" % o] = ("k208", o, "balance", "patch3")
@@ -140,15 +145,23 @@ def layers_mod(keras):
     return keras.layers, keras.regularizers, keras.models
 
 
-def build_flat_model(keras):
+def build_flat_model(keras, wide=False):
+    """`wide`: 32 filters a convolution, and a 1x1 convolution at stride 1 (`conv_pw`, a
+    ResNet bottleneck's) after the frozen BN: a network allconv trains channels-last, its
+    1x1 convolutions routed to oneDNN."""
     Ls, R, M = layers_mod(keras)
+    filters = WIDE_FILTERS if wide else 4
     inp = Ls.Input(shape=(H, W, C), name='input')
-    x = Ls.Conv2D(4, (3, 3), padding='same', kernel_initializer='he_normal',
+    x = Ls.Conv2D(filters, (3, 3), padding='same', kernel_initializer='he_normal',
                   kernel_regularizer=R.l2(L2_CONV), name='conv1')(inp)
     x = Ls.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPS, name='bn1')(x)
     x = Ls.Activation('relu', name='relu1')(x)
     x = Ls.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPS, name='bn_frozen')(x)
-    x = Ls.Conv2D(4, (3, 3), strides=(2, 2), padding='same', kernel_initializer='he_normal',
+    if wide:
+        x = Ls.Conv2D(filters, (1, 1), kernel_initializer='he_normal',
+                      kernel_regularizer=R.l2(L2_CONV), name='conv_pw')(x)
+        x = Ls.Activation('relu', name='relu_pw')(x)
+    x = Ls.Conv2D(filters, (3, 3), strides=(2, 2), padding='same', kernel_initializer='he_normal',
                   kernel_regularizer=R.l2(L2_CONV), name='conv2')(x)
     x = Ls.Activation('relu', name='relu2')(x)
     x = Ls.GlobalAveragePooling2D(name='gap')(x)
@@ -426,7 +439,8 @@ def run(case):
     fw = TFK() if fw_kind == 'tfk' else K208()
     keras = fw.keras
     K = keras.backend
-    model = build_flat_model(keras) if arch == 'flat' else build_nested_model(keras)
+    flat = arch in ('flat', 'wide')
+    model = build_flat_model(keras, arch == 'wide') if flat else build_nested_model(keras)
 
     items = weight_items(model)
     init = init_values(fw_kind, [(k, tuple(K.int_shape(v))) for k, v in items])
@@ -506,12 +520,12 @@ def run(case):
         model.save(h5)
 
     bn_paths = [p for p, l in walk(model) if l.__class__.__name__ == 'BatchNormalization']
-    inner = model.get_layer('patch') if arch != 'flat' else None
+    inner = model.get_layer('patch') if not flat else None
     probe_full = weighting == 'balance' and (optim == 'sgd')
 
     # the training schedule: list of (stage, n_steps); stage setup as do_2stage_training
     stages = []
-    if arch == 'flat':
+    if flat:
         stages.append({'stage': 1, 'steps': 2, 'lr': LR[optim], 'setup': None})
     else:
         stages.append({'stage': 1, 'steps': 1 if resumed else 2, 'lr': LR[optim],
@@ -604,7 +618,7 @@ def run(case):
                     arrays['probe1/%s/norm_moving' % p] = nm
                 bn_meta.append({'step': step, 'stage': st['stage'], 'layer': p,
                                 'layer_trainable_attr': bool(dict(walk(model))[p].trainable),
-                                'inside_frozen_model': bool(arch != 'flat' and '/' in p and
+                                'inside_frozen_model': bool(not flat and '/' in p and
                                                             not inner.trainable),
                                 'train_output_vs_batch_norm_maxabs': e_b,
                                 'train_output_vs_moving_norm_maxabs': e_m,
@@ -643,7 +657,7 @@ def run(case):
             # which L2 coefficients the reported loss contains
             ce = weighted_ce(pred, y, eff_w)
             kernels = [k for k in w_prev if k.endswith('/kernel')]
-            if arch == 'flat':
+            if flat:
                 cands = {'as_built': {k: (L2_DENSE if k.startswith('dense') else L2_CONV)
                                       for k in kernels}}
             elif resumed:
@@ -679,7 +693,7 @@ def run(case):
                 'rows': ['step %d %s' % (b['step'], b['layer']) for b in rows]}
 
     findings = {}
-    if arch == 'flat':
+    if flat:
         findings['frozen_bn (trainable=False layer)'] = summary(lambda b: b['layer'] == 'bn_frozen')
         findings['trainable_bn'] = summary(lambda b: b['layer'] == 'bn1')
     else:
@@ -711,9 +725,9 @@ def run(case):
         'resumed_from': resume_meta,
         'frozen_before_compile': (
             ['bn_frozen (layer.trainable = False after building; so saved in model.h5)']
-            if arch == 'flat' else
+            if flat else
             ['input', 'patch (stage 1 only: model.layers[:top_layer_nb])']),
-        'nested': None if arch == 'flat' else {
+        'nested': None if flat else {
             'top_layer_nb': TOP_LAYER_NB,
             'stage1': 'model.layers[:2] (input, patch) trainable=False; top-level Dense/Conv2D '
                       'kernel_regularizer.l2 = %g; compile; %d x train_on_batch'
@@ -722,7 +736,8 @@ def run(case):
                       'lr * %g; 1 x train_on_batch' % (WD2, ALL_LAYER_MULT),
             'l2_at_build': L2_BUILD, 'weight_decay': WD1, 'weight_decay2': WD2,
             'init_lr': LR[optim], 'all_layer_multiplier': ALL_LAYER_MULT},
-        'l2_at_build': ({'conv1': L2_CONV, 'conv2': L2_CONV, 'dense': L2_DENSE} if arch == 'flat'
+        'l2_at_build': (dict({'conv1': L2_CONV, 'conv2': L2_CONV, 'dense': L2_DENSE},
+                              **({'conv_pw': L2_CONV} if arch == 'wide' else {})) if flat
                         else {k[:-len('/kernel')]: v for k, v in built_l2.items()} if resumed
                         else {'patch/conv_a': L2_BUILD, 'conv_t': L2_BUILD, 'dense': L2_BUILD}),
         'bn': {'momentum': BN_MOMENTUM, 'epsilon': BN_EPS, 'axis': -1, 'center': True,

@@ -19,7 +19,9 @@
 //! cases start the same schedule from a checkpoint Keras saved in stage 1 and loaded back
 //! with `load_model` (the paper's `--resume-from`): the file marks every layer but the
 //! classifier `trainable: false`, and stages 2 and 3 still train what Keras's assignments
-//! make trainable. The `*_nested_2stage_resumed` cases do the same for
+//! make trainable. The `*_wide` cases are the flat model at 32 filters with a 1x1
+//! convolution at stride 1: the only ones allconv trains channels-last, with that
+//! convolution routed to oneDNN. The `*_nested_2stage_resumed` cases do the same for
 //! [`Schedule::two_stage`] on the nested whole-image model: tf-keras's checkpoint marks the
 //! nested model and every layer in it `trainable: false`, and stage 2's assignment on the
 //! nested model trains them all (tf-keras's setter recurses); Keras 2.0.8's checkpoint
@@ -440,6 +442,13 @@ fn run_case(dir: &Path) -> Worst {
         g
     };
     let mut model = TrainModel::new(&g, Device::Cpu, flavour).unwrap();
+    // Only the wide cases train channels-last (and their 1x1 convolution through oneDNN):
+    // the others are too narrow for it.
+    assert_eq!(
+        model.torch.channels_last,
+        case.ends_with("_wide"),
+        "{case}: channels-last activations"
+    );
     let mut regs = Regularizers::from_graph(&g).unwrap();
     let x = tensor(&z["x"]);
     let y = tensor(&z["y"]);

@@ -783,16 +783,7 @@ mod tests {
     }
 
     fn conv(kernel: usize, strides: usize, dilation: usize) -> Op {
-        Op::Conv(ConvConfig {
-            filters: 2,
-            kernel: vec![kernel; 2],
-            strides: vec![strides; 2],
-            dilation: vec![dilation; 2],
-            padding: Padding::Same,
-            data_format: DataFormat::ChannelsLast,
-            use_bias: true,
-            activation: Activation::Linear,
-        })
+        Op::Conv(ConvConfig::square(kernel, strides, dilation))
     }
 
     /// Activation bytes live at once: a value lives from its node to its last consumer,

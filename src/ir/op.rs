@@ -103,6 +103,24 @@ pub struct ConvConfig {
     pub activation: Activation,
 }
 
+#[cfg(test)]
+impl ConvConfig {
+    /// Tests' shorthand: a square 2-D convolution of 2 filters with bias, `same` padding,
+    /// channels-last, no activation.
+    pub(crate) fn square(kernel: usize, strides: usize, dilation: usize) -> ConvConfig {
+        ConvConfig {
+            filters: 2,
+            kernel: vec![kernel; 2],
+            strides: vec![strides; 2],
+            dilation: vec![dilation; 2],
+            padding: Padding::Same,
+            data_format: DataFormat::ChannelsLast,
+            use_bias: true,
+            activation: Activation::Linear,
+        }
+    }
+}
+
 /// Depthwise (`pointwise == false`) or separable (`pointwise == true`) 2-D convolution.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DepthwiseConfig {
