@@ -10,7 +10,7 @@ use allconv::data::dataset::batch_weights;
 use allconv::data::synthetic::write_two_class;
 use allconv::data::{
     read_image, Augment, Batch, BatchOptions, DataError, Dataset, DatasetOptions, FileCheck,
-    Preprocess, Weighting,
+    KeepInRam, Preprocess, Weighting,
 };
 
 fn tmp(name: &str) -> PathBuf {
@@ -268,10 +268,30 @@ fn ram_and_lazy_modes_agree() {
     let disk =
         Arc::new(Dataset::from_folders(&root, &classes(), &DatasetOptions::new(prep())).unwrap());
     let mut ram_opts = DatasetOptions::new(prep());
-    ram_opts.load_into_ram = true;
+    ram_opts.keep_in_ram = KeepInRam::Always;
     let ram = Arc::new(Dataset::from_folders(&root, &classes(), &ram_opts).unwrap());
     assert!(ram.in_ram());
     assert_eq!(collect(&disk, 3, &opts), collect(&ram, 3, &opts));
+
+    // The training commands' default keeps a set whose decoded images fit the limit, and
+    // only then: the 10 image files listed (2 of them unreadable) at H x W floats each.
+    let [h, w, _] = ram.sample_shape();
+    let set_bytes = (10 * h * w * 4) as u64;
+    assert_eq!(ram.len(), 8);
+    for (limit, kept) in [(set_bytes, true), (set_bytes - 1, false)] {
+        let mut o = DatasetOptions::new(prep());
+        o.keep_in_ram = KeepInRam::UpTo(limit);
+        let ds = Arc::new(Dataset::from_folders(&root, &classes(), &o).unwrap());
+        assert_eq!(ds.in_ram(), kept, "limit {limit} bytes, set {set_bytes}");
+        assert_eq!(collect(&ds, 3, &opts), collect(&disk, 3, &opts));
+    }
+    assert!(
+        !disk.in_ram(),
+        "a library caller's default decodes per batch"
+    );
+    assert_eq!(KeepInRam::from_flag(None), KeepInRam::DEFAULT);
+    assert_eq!(KeepInRam::from_flag(Some(true)), KeepInRam::Always);
+    assert_eq!(KeepInRam::from_flag(Some(false)), KeepInRam::Never);
 
     // Lazy: corrupt files are found while batching, reported once, left out.
     let mut lazy_opts = DatasetOptions::new(prep());

@@ -285,6 +285,7 @@ fn sample_train_rehead_finetune_connect() {
         "1",
         "--all-layer-epochs",
         "2",
+        "--no-load-val-ram",
         "--json",
     ]));
     for d in [&patches_train, &patches_val, &patches_val] {
@@ -301,6 +302,9 @@ fn sample_train_rehead_finetune_connect() {
         .collect();
     assert_eq!(stages, [1, 3]);
     assert!(v["train_images"].as_u64().unwrap() > 0);
+    // A set this small stays decoded in memory unless told otherwise.
+    assert_eq!(v["train_in_ram"], true);
+    assert_eq!(v["val_in_ram"], false);
     let g = read_model(&patch, &ReadOptions::default()).unwrap();
     let classes = g.values[g.outputs[0]].shape.last().and_then(|d| d.known());
     assert_eq!(classes, Some(2));

@@ -99,10 +99,14 @@ pub struct FinetuneArgs {
     pub augmentation: bool,
     #[arg(long)]
     pub no_augmentation: bool,
+    /// Keep the decoded training images in memory between epochs. Default: kept when
+    /// they take at most 2 GiB (H x W x 4 bytes each); --no-load-train-ram decodes each
+    /// file whenever a batch needs it.
     #[arg(long, overrides_with = "no_load_train_ram")]
     pub load_train_ram: bool,
     #[arg(long)]
     pub no_load_train_ram: bool,
+    /// The same for the validation images.
     #[arg(long, overrides_with = "no_load_val_ram")]
     pub load_val_ram: bool,
     #[arg(long)]
@@ -173,7 +177,7 @@ pub struct FinetuneArgs {
     pub json: bool,
 }
 
-use allconv::data::Preprocess;
+use allconv::data::{KeepInRam, Preprocess};
 use allconv::ir::Graph;
 use allconv::keras::{read_model, ReadOptions};
 use allconv::passes::rehead::{rehead, ReheadOptions, Top};
@@ -374,8 +378,11 @@ fn job(a: &FinetuneArgs) -> allconv::Result<TrainJob> {
             train: train_dir,
             val: val_dir,
             test: test_dir,
-            load_train_ram: a.load_train_ram && !a.no_load_train_ram,
-            load_val_ram: a.load_val_ram && !a.no_load_val_ram,
+            train_in_ram: KeepInRam::from_flag(super::flag_pair(
+                a.load_train_ram,
+                a.no_load_train_ram,
+            )),
+            val_in_ram: KeepInRam::from_flag(super::flag_pair(a.load_val_ram, a.no_load_val_ram)),
         },
         fit,
         outputs: Outputs {

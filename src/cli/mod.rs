@@ -37,3 +37,13 @@ pub fn full_build_only(command: &str, feature: &str) -> std::process::ExitCode {
     );
     std::process::ExitCode::FAILURE
 }
+
+/// A `--X` / `--no-X` pair (clap's `overrides_with` leaves at most one set): `Some(true)`,
+/// `Some(false)`, or `None` when neither was given.
+pub fn flag_pair(on: bool, off: bool) -> Option<bool> {
+    match (on, off) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}

@@ -3,6 +3,7 @@
 //! but never uses for these networks are accepted and have no effect there either; an
 //! option allconv does not implement is refused by name.
 
+use allconv::data::KeepInRam;
 use allconv::train::patch::PatchRecipe;
 use allconv::train::run::{parse_device, set_compute_threads, weighting, Folders, Outputs};
 use allconv::Error;
@@ -52,10 +53,14 @@ pub struct TrainPatchArgs {
     pub augmentation: bool,
     #[arg(long)]
     pub no_augmentation: bool,
+    /// Keep the decoded training images in memory between epochs. Default: kept when
+    /// they take at most 2 GiB (H x W x 4 bytes each); --no-load-train-ram decodes each
+    /// file whenever a batch needs it.
     #[arg(long, overrides_with = "no_load_train_ram")]
     pub load_train_ram: bool,
     #[arg(long)]
     pub no_load_train_ram: bool,
+    /// The same for the validation images.
     #[arg(long, overrides_with = "no_load_val_ram")]
     pub load_val_ram: bool,
     #[arg(long)]
@@ -239,8 +244,11 @@ fn recipe(a: &TrainPatchArgs) -> allconv::Result<PatchRecipe> {
             train: a.train_dir.clone(),
             val: a.val_dir.clone(),
             test: Some(a.test_dir.clone()),
-            load_train_ram: a.load_train_ram && !a.no_load_train_ram,
-            load_val_ram: a.load_val_ram && !a.no_load_val_ram,
+            train_in_ram: KeepInRam::from_flag(super::flag_pair(
+                a.load_train_ram,
+                a.no_load_train_ram,
+            )),
+            val_in_ram: KeepInRam::from_flag(super::flag_pair(a.load_val_ram, a.no_load_val_ram)),
         },
         outputs: Outputs {
             best: a.best_model.clone(),

@@ -75,15 +75,54 @@ pub enum FileCheck {
     Lazy,
 }
 
+/// Whether a set's decoded images stay in memory between epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepInRam {
+    /// Decode each file whenever a batch needs it.
+    Never,
+    /// Decode every file once, at open (the paper's `--load-train-ram`).
+    Always,
+    /// Keep them when the set's files, decoded, take at most this many bytes (every file
+    /// listed counts, unreadable ones included: the choice is made before decoding).
+    UpTo(u64),
+}
+
+impl KeepInRam {
+    /// What `finetune` and `train-patch` do unless told: a set of at most 2 GiB decoded
+    /// (about 500 images at 1152x896) stays in memory. Files are decoded once at open to
+    /// check them anyway, and decoding again each epoch takes CPU from the training step:
+    /// with 2 threads on 2 cores, the narrow fixture trained 8-17% faster with its 32
+    /// images kept (`scripts/bench_train.sh`'s model and batches).
+    pub const DEFAULT: KeepInRam = KeepInRam::UpTo(2 << 30);
+
+    /// `--load-*-ram` (`Some(true)`), `--no-load-*-ram` (`Some(false)`), or neither.
+    pub fn from_flag(flag: Option<bool>) -> KeepInRam {
+        match flag {
+            Some(true) => KeepInRam::Always,
+            Some(false) => KeepInRam::Never,
+            None => KeepInRam::DEFAULT,
+        }
+    }
+
+    /// Whether `images` decoded images of `image_bytes` each are kept.
+    pub fn keeps(self, images: usize, image_bytes: usize) -> bool {
+        match self {
+            KeepInRam::Never => false,
+            KeepInRam::Always => true,
+            KeepInRam::UpTo(limit) => (images as u128) * (image_bytes as u128) <= limit as u128,
+        }
+    }
+}
+
 /// How a dataset is opened.
 #[derive(Debug, Clone)]
 pub struct DatasetOptions {
     /// The paper's preprocessing; `target` (H, W) is required. `mean` is subtracted after
     /// augmentation; `channels` 3 duplicates grey (ImageNet backbones), 1 keeps it.
     pub preprocess: Preprocess,
-    /// Keep every preprocessed image (before augmentation and mean, one channel) in
-    /// memory: `H * W * 4` bytes each (the paper's `--load-train-ram`).
-    pub load_into_ram: bool,
+    /// Whether every preprocessed image (before augmentation and mean, one channel) stays
+    /// in memory: `H * W * 4` bytes each.
+    pub keep_in_ram: KeepInRam,
     pub check: FileCheck,
     /// Threads for the decode at open (0: all available cores).
     pub threads: usize,
@@ -93,7 +132,7 @@ impl DatasetOptions {
     pub fn new(preprocess: Preprocess) -> Self {
         DatasetOptions {
             preprocess,
-            load_into_ram: false,
+            keep_in_ram: KeepInRam::Never,
             check: FileCheck::Decode,
             threads: 0,
         }
@@ -424,8 +463,11 @@ impl Dataset {
             bad: Mutex::new(HashSet::new()),
         };
         let mut skipped = vec![0usize; classes.len()];
-        if opts.check == FileCheck::Decode || opts.load_into_ram {
-            let loaded = ds.decode_all(opts.threads, opts.load_into_ram);
+        let in_ram = opts
+            .keep_in_ram
+            .keeps(ds.samples.len(), h * w * std::mem::size_of::<f32>());
+        if opts.check == FileCheck::Decode || in_ram {
+            let loaded = ds.decode_all(opts.threads, in_ram);
             let mut keep = Vec::with_capacity(ds.samples.len());
             let mut cache = Vec::new();
             for (s, r) in std::mem::take(&mut ds.samples).into_iter().zip(loaded) {
@@ -446,7 +488,7 @@ impl Dataset {
                 }
             }
             ds.samples = keep;
-            if opts.load_into_ram {
+            if in_ram {
                 ds.cache = Some(cache);
             }
         }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use augment::{Augment, FillMode, RandomSource, Rng, Transform};
 pub use dataset::{
-    Batch, BatchOptions, Dataset, DatasetOptions, DatasetWarning, EpochIter, FileCheck,
+    Batch, BatchOptions, Dataset, DatasetOptions, DatasetWarning, EpochIter, FileCheck, KeepInRam,
     LoaderStats, Sample, Weighting,
 };
 pub use image_io::{

@@ -5,7 +5,7 @@
 
 use super::fit::{fit, predict, BatchProgress, EpochLog, FitOptions, Predictions};
 use super::TrainModel;
-use crate::data::dataset::{class_name, Dataset, DatasetOptions, Weighting};
+use crate::data::dataset::{class_name, Dataset, DatasetOptions, KeepInRam, Weighting};
 use crate::data::Preprocess;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalOptions, EvalReport, ScoreTable};
@@ -86,8 +86,8 @@ pub struct Folders {
     pub train: PathBuf,
     pub val: PathBuf,
     pub test: Option<PathBuf>,
-    pub load_train_ram: bool,
-    pub load_val_ram: bool,
+    pub train_in_ram: KeepInRam,
+    pub val_in_ram: KeepInRam,
 }
 
 /// Where the run writes.
@@ -111,6 +111,9 @@ pub struct TrainSummary {
     pub model: String,
     pub train_images: usize,
     pub val_images: usize,
+    /// Whether the decoded training / validation images stayed in memory between epochs.
+    pub train_in_ram: bool,
+    pub val_in_ram: bool,
     pub test_images: Option<usize>,
     pub warnings: Vec<String>,
     pub schedule: Vec<StageSummary>,
@@ -256,17 +259,21 @@ impl TrainJob {
     ) -> Result<TrainSummary> {
         let classes = &self.fit.class_list;
         let names: Vec<String> = classes.iter().map(|c| class_name(c).to_string()).collect();
-        let open = |dir: &Path, ram: bool| -> Result<Arc<Dataset>> {
+        let open = |dir: &Path, ram: KeepInRam| -> Result<Arc<Dataset>> {
             let mut o = DatasetOptions::new(self.preprocess.clone());
-            o.load_into_ram = ram;
+            o.keep_in_ram = ram;
             Dataset::from_folders(dir, classes, &o)
                 .map(Arc::new)
                 .map_err(|e| other(e.to_string()))
         };
         let f = &self.folders;
-        let train = open(&f.train, f.load_train_ram)?;
-        let val = open(&f.val, f.load_val_ram)?;
-        let test = f.test.as_deref().map(|d| open(d, false)).transpose()?;
+        let train = open(&f.train, f.train_in_ram)?;
+        let val = open(&f.val, f.val_in_ram)?;
+        let test = f
+            .test
+            .as_deref()
+            .map(|d| open(d, KeepInRam::Never))
+            .transpose()?;
         let mut sets = vec![&train, &val];
         sets.extend(test.as_ref());
         let warnings = warnings(&sets);
@@ -368,6 +375,8 @@ impl TrainJob {
         Ok(TrainSummary {
             model: self.model_label.clone(),
             train_images: train.len(),
+            train_in_ram: train.in_ram(),
+            val_in_ram: val.in_ram(),
             val_images: val.len(),
             test_images: test.as_ref().map(|t| t.len()),
             warnings,
