@@ -635,6 +635,19 @@ impl Dataset {
     /// Sample `i` as the network sees it (HWC, channels duplicated, mean subtracted),
     /// optionally augmented with `aug` drawing from `rng`.
     pub fn load(&self, i: usize, aug: Option<(&Augment, &mut Rng)>) -> Result<Vec<f32>, DataError> {
+        let mut x = Vec::new();
+        self.load_into(i, aug, &mut x)?;
+        Ok(x)
+    }
+
+    /// [`Dataset::load`] appended to `out`: unaugmented, one pass from the decoded grey
+    /// image into the batch (a loader thread shares the cores with the training step).
+    fn load_into(
+        &self,
+        i: usize,
+        aug: Option<(&Augment, &mut Rng)>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), DataError> {
         if i >= self.samples.len() {
             return Err(DataError::Invalid(format!(
                 "dataset: sample {i} out of range ({} samples)",
@@ -650,24 +663,25 @@ impl Dataset {
             }
         };
         let c = self.shape[2];
-        let mut x: Vec<f32> = if c == 1 {
-            grey.to_vec()
-        } else {
-            grey.iter()
-                .flat_map(|&v| std::iter::repeat_n(v, c))
-                .collect()
-        };
-        if let Some((aug, rng)) = aug {
-            let t = aug.sample(rng, self.shape);
-            x = aug
-                .apply(&x, self.shape, &t)
-                .map_err(|e| DataError::decode(&self.samples[i].path, e.to_string()))?;
-        }
         let mean = self.prep.mean;
-        for v in &mut x {
-            *v -= mean;
-        }
-        Ok(x)
+        let Some((aug, rng)) = aug else {
+            let start = out.len();
+            out.resize(start + grey.len() * c, 0.0);
+            for (px, &v) in out[start..].chunks_exact_mut(c).zip(grey) {
+                px.fill(v - mean);
+            }
+            return Ok(());
+        };
+        let x: Vec<f32> = grey
+            .iter()
+            .flat_map(|&v| std::iter::repeat_n(v, c))
+            .collect();
+        let t = aug.sample(rng, self.shape);
+        let x = aug
+            .apply(&x, self.shape, &t)
+            .map_err(|e| DataError::decode(&self.samples[i].path, e.to_string()))?;
+        out.extend(x.iter().map(|v| v - mean));
+        Ok(())
     }
 
     /// The order of sample indices for `epoch` (a seeded shuffle, or `0..len`).
@@ -703,13 +717,16 @@ impl Dataset {
             }
             let mut rng = Rng::for_stream(&[opts.seed, epoch, pos as u64, 0x4155_4721]);
             let aug = opts.augment.as_ref().map(|a| (a, &mut rng));
-            match self.load(i, aug) {
-                Ok(v) => {
-                    x.extend_from_slice(&v);
+            let filled = x.len();
+            match self.load_into(i, aug, &mut x) {
+                Ok(()) => {
                     labels.push(self.samples[i].label);
                     samples.push(i);
                 }
-                Err(e) => self.warn(i, &e),
+                Err(e) => {
+                    x.truncate(filled);
+                    self.warn(i, &e)
+                }
             }
         }
         let weights = batch_weights(&labels, &opts.weighting);
