@@ -640,8 +640,9 @@ impl Dataset {
         Ok(x)
     }
 
-    /// [`Dataset::load`] appended to `out`: unaugmented, one pass from the decoded grey
-    /// image into the batch (a loader thread shares the cores with the training step).
+    /// [`Dataset::load`] appended to `out`, which is left as it was on an error. An
+    /// unaugmented sample goes from the decoded grey image into the batch in one pass (a
+    /// loader thread shares the cores with the training step).
     fn load_into(
         &self,
         i: usize,
@@ -717,16 +718,12 @@ impl Dataset {
             }
             let mut rng = Rng::for_stream(&[opts.seed, epoch, pos as u64, 0x4155_4721]);
             let aug = opts.augment.as_ref().map(|a| (a, &mut rng));
-            let filled = x.len();
             match self.load_into(i, aug, &mut x) {
                 Ok(()) => {
                     labels.push(self.samples[i].label);
                     samples.push(i);
                 }
-                Err(e) => {
-                    x.truncate(filled);
-                    self.warn(i, &e)
-                }
+                Err(e) => self.warn(i, &e),
             }
         }
         let weights = batch_weights(&labels, &opts.weighting);
